@@ -1,0 +1,47 @@
+"""Shared fixtures: a real throwaway PostgreSQL cluster for integration tests."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The collection is importable as ansible_collections.bkfleet.backup through the
+# link that scripts/bootstrap.sh keeps under .cache/collections.
+sys.path.insert(0, str(REPO / ".cache" / "collections"))
+
+from bk_reporter.pgcluster import LocalCluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalCluster]:
+    """One private PostgreSQL cluster per test session (fsync off: throwaway data).
+
+    It lives directly under the system temp directory because, as root, the server
+    runs as `postgres`, which cannot enter pytest's private (0700) temp tree.
+    """
+    cluster = LocalCluster.under(Path(tempfile.mkdtemp(prefix="bk-pg-")), fsync=False)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh, empty database in the session's cluster; dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
