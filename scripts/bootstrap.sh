@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   restic rclone postgresql openssh-client openssh-server podman runc debootstrap uidmap
-  chromium python3-venv make git curl ca-certificates
+  chromium python3-venv make git curl ca-certificates shellcheck
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
