@@ -1,0 +1,1 @@
+"""The reporter's read-only web pages: server-rendered HTML with inline SVG charts."""
