@@ -1,0 +1,352 @@
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The runner's configuration files under ``/etc/bk`` (format: docs/runner.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Command = Union[str, List[str]]
+POLICY_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+DEFAULT_LOCK_TIMEOUT_SECONDS = 6 * 3600
+
+
+class ConfigError(Exception):
+    """A configuration file that is missing, not JSON, or wrong."""
+
+
+class _Fields:
+    """Typed access to one JSON object of a configuration file, with the file in every error."""
+
+    def __init__(self, raw: Any, where: str, known: Sequence[str]) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError("%s: must be a JSON object" % where)
+        self.raw = raw
+        self.where = where
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            sys.stderr.write("bk: %s: ignoring unknown keys: %s\n" % (where, ", ".join(unknown)))
+
+    def get(self, key: str, kind: Any, default: Any = None, required: bool = False) -> Any:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                raise ConfigError("%s: %r is required" % (self.where, key))
+            return default
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+            raise ConfigError("%s: %r has the wrong type" % (self.where, key))
+        return value
+
+    def name(self, key: str) -> str:
+        value = self.get(key, str, required=True)
+        if not NAME.match(value):
+            raise ConfigError("%s: %r must match %s" % (self.where, key, NAME.pattern))
+        return value
+
+    def strings(self, key: str) -> List[str]:
+        value = self.get(key, list, default=[])
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError("%s: %r must be a list of strings" % (self.where, key))
+        return list(value)
+
+    def commands(self, key: str) -> List[Command]:
+        value = self.get(key, list, default=[])
+        for command in value:
+            is_argv = isinstance(command, list) and command and all(isinstance(arg, str) for arg in command)
+            if not (isinstance(command, str) and command.strip()) and not is_argv:
+                raise ConfigError("%s: %r must hold strings or non-empty lists of strings" % (self.where, key))
+        return list(value)
+
+
+def read_config_file(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise ConfigError("cannot read %s: %s" % (path, exc.strerror)) from None
+    except ValueError as exc:
+        raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
+
+
+class Settings:
+    """``bk.json``: who this machine is, where its state lives, where manifests go."""
+
+    KEYS = (
+        "host",
+        "host_key",
+        "state_dir",
+        "spool_dir",
+        "reporter_url",
+        "reporter_ca_file",
+        "delivery_deadline_seconds",
+        "flush_deadline_seconds",
+        "restic",
+        "rclone",
+        "cache_dir",
+    )
+
+    def __init__(self, config_dir: str) -> None:
+        self.config_dir = config_dir
+        path = os.path.join(config_dir, "bk.json")
+        fields = _Fields(read_config_file(path), path, self.KEYS)
+        self.host: str = fields.get("host", str, required=True)
+        self.host_key: Optional[str] = fields.get("host_key", str)
+        self.state_dir: str = fields.get("state_dir", str, "/var/lib/bk")
+        self.spool_dir: str = fields.get("spool_dir", str, "/var/spool/bk")
+        self.reporter_url: Optional[str] = fields.get("reporter_url", str)
+        self.reporter_ca_file: Optional[str] = fields.get("reporter_ca_file", str)
+        self.delivery_deadline_seconds: float = fields.get("delivery_deadline_seconds", (int, float), 2.0)
+        self.flush_deadline_seconds: float = fields.get("flush_deadline_seconds", (int, float), 10.0)
+        self.restic: str = fields.get("restic", str, "restic")
+        self.rclone: str = fields.get("rclone", str, "rclone")
+        self.cache_dir: Optional[str] = fields.get("cache_dir", str)
+
+
+class Repository:
+    """A restic repository: a label and the files holding its location and password."""
+
+    def __init__(self, fields: _Fields) -> None:
+        self.name = fields.name("name")
+        self.repository_file: str = fields.get("repository_file", str, required=True)
+        self.password_file: str = fields.get("password_file", str, required=True)
+
+    def location(self) -> str:
+        """The repository URL, credentials included (never record it as is)."""
+        with open(self.repository_file, encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    def secrets(self) -> List[str]:
+        """Strings that must never appear in a manifest: the password and the full location."""
+        found = []
+        for path in (self.password_file, self.repository_file):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    found.append(handle.read().strip())
+            except OSError:
+                continue
+        return found
+
+
+DUMP_TYPES: Dict[str, Tuple[List[str], Optional[str], str]] = {
+    "postgresql": (["pg_dump", "--format=custom"], "postgres", ".pgdump"),
+    "mysql": (["mysqldump", "--single-transaction", "--routines", "--events", "--databases"], None, ".sql"),
+}
+
+
+class Dump:
+    """A database dump streamed into ``restic backup --stdin``."""
+
+    def __init__(self, fields: _Fields) -> None:
+        self.type: str = fields.get("type", str, required=True)
+        if self.type not in DUMP_TYPES:
+            raise ConfigError("%s: dump type must be one of %s" % (fields.where, ", ".join(DUMP_TYPES)))
+        self.database: str = fields.get("database", str, required=True)
+        base, default_user, suffix = DUMP_TYPES[self.type]
+        self.user: Optional[str] = fields.get("user", str, default_user)
+        self.filename: str = fields.get("filename", str, self.database + suffix)
+        command = fields.raw.get("command")
+        if command is not None and not (isinstance(command, (str, list)) and command):
+            raise ConfigError("%s: dump command must be a string or a list" % fields.where)
+        self.command: Command = command if command is not None else self._default_command(base)
+
+    def _default_command(self, base: List[str]) -> List[str]:
+        argv = [*base, self.database]
+        return ["runuser", "-u", self.user, "--", *argv] if self.user else argv
+
+
+class Job:
+    """``jobs/<name>.json``: what one backup job backs up, to where, how often."""
+
+    KEYS = (
+        "name",
+        "paths",
+        "exclude",
+        "exclude_file",
+        "exclude_if_present",
+        "one_file_system",
+        "exclude_caches",
+        "tags",
+        "cadence_seconds",
+        "pre",
+        "post",
+        "dump",
+        "compression",
+        "limit_upload",
+        "limit_download",
+        "repositories",
+        "check",
+    )
+
+    def __init__(self, config_dir: str, name: str) -> None:
+        if not NAME.match(name):
+            raise ConfigError("job name %r must match %s" % (name, NAME.pattern))
+        path = os.path.join(config_dir, "jobs", name + ".json")
+        fields = _Fields(read_config_file(path), path, self.KEYS)
+        self.name = fields.name("name")
+        if self.name != name:
+            raise ConfigError("%s: name %r does not match the file name" % (path, self.name))
+        self.paths = fields.strings("paths")
+        self.exclude = fields.strings("exclude")
+        self.exclude_file: Optional[str] = fields.get("exclude_file", str)
+        self.exclude_if_present = fields.strings("exclude_if_present")
+        self.one_file_system: bool = fields.get("one_file_system", bool, False)
+        self.exclude_caches: bool = fields.get("exclude_caches", bool, False)
+        self.tags = fields.strings("tags")
+        self.cadence_seconds: int = fields.get("cadence_seconds", int, required=True)
+        self.pre = fields.commands("pre")
+        self.post = fields.commands("post")
+        dump = fields.get("dump", dict)
+        self.dump = (
+            Dump(_Fields(dump, path + ": dump", ["type", "database", "user", "command", "filename"])) if dump else None
+        )
+        self.compression: Optional[str] = fields.get("compression", str)
+        self.limit_upload: Optional[int] = fields.get("limit_upload", int)
+        self.limit_download: Optional[int] = fields.get("limit_download", int)
+        repositories = fields.get("repositories", list, required=True)
+        self.repositories = [_repository(item, path) for item in repositories]
+        check = _Fields(fields.get("check", dict, {}), path + ": check", ["read_data_subset"])
+        self.read_data_subset: Optional[str] = check.get("read_data_subset", str)
+        self._check_consistency(path)
+
+    def _check_consistency(self, path: str) -> None:
+        if not self.repositories:
+            raise ConfigError("%s: at least one repository is required" % path)
+        if self.dump and self.paths:
+            raise ConfigError("%s: a dump job backs up the dump stream only; remove 'paths'" % path)
+        if not self.dump and not self.paths:
+            raise ConfigError("%s: 'paths' is required (or 'dump')" % path)
+        if self.cadence_seconds < 1:
+            raise ConfigError("%s: cadence_seconds must be positive" % path)
+        names = [repository.name for repository in self.repositories]
+        if len(set(names)) != len(names):
+            raise ConfigError("%s: repository names must be unique" % path)
+
+
+def _repository(raw: Any, where: str) -> Repository:
+    return Repository(_Fields(raw, where + ": repository", ["name", "repository_file", "password_file"]))
+
+
+def _optional_names(fields: _Fields, key: str) -> Optional[List[str]]:
+    """A list of repository names, or None (meaning: all of them) when absent or null."""
+    return fields.strings(key) if fields.raw.get(key) is not None else None
+
+
+class Hub:
+    """``hub.json``: where the REST server keeps the repositories it receives."""
+
+    def __init__(self, config_dir: str) -> None:
+        path = os.path.join(config_dir, "hub.json")
+        fields = _Fields(read_config_file(path), path, ["data_dir", "repositories"])
+        self.data_dir: str = fields.get("data_dir", str, required=True)
+        self.repositories: Optional[List[str]] = _optional_names(fields, "repositories")
+
+
+class MaintainedRepository(Repository):
+    """One repository of ``maintenance.json``: retention policy and prune settings."""
+
+    KEYS = ("name", "repository_file", "password_file", "policy", "group_by", "prune", "max_unused", "cadence_seconds")
+
+    def __init__(self, fields: _Fields) -> None:
+        super().__init__(fields)
+        policy = _Fields(
+            fields.get("policy", dict, required=True),
+            fields.where + ": policy",
+            [*POLICY_COUNTS, "keep_within", "keep_tags"],
+        )
+        self.policy = _policy(policy)
+        self.group_by: str = fields.get("group_by", str, "host,paths")
+        self.prune: bool = fields.get("prune", bool, True)
+        self.max_unused: str = fields.get("max_unused", str, "5%")
+        self.cadence_seconds: Optional[int] = fields.get("cadence_seconds", int)
+
+
+def _policy(fields: _Fields) -> Dict[str, Any]:
+    policy: Dict[str, Any] = {}
+    for key in POLICY_COUNTS:
+        value = fields.get(key, int)
+        if value is not None:
+            if value < 0:
+                raise ConfigError("%s: %s must not be negative" % (fields.where, key))
+            policy[key] = value
+    if fields.get("keep_within", str):
+        policy["keep_within"] = fields.get("keep_within", str)
+    if fields.strings("keep_tags"):
+        policy["keep_tags"] = fields.strings("keep_tags")
+    if (
+        not any(policy.get(key) for key in POLICY_COUNTS)
+        and not policy.get("keep_within")
+        and not policy.get("keep_tags")
+    ):
+        raise ConfigError("%s: the policy keeps nothing; refusing to forget every snapshot" % fields.where)
+    return policy
+
+
+class Maintenance:
+    """``maintenance.json``: retention for the repositories this identity maintains."""
+
+    def __init__(self, config_dir: str, state_dir: str) -> None:
+        path = os.path.join(config_dir, "maintenance.json")
+        fields = _Fields(read_config_file(path), path, ["lock_dir", "lock_timeout_seconds", "repositories"])
+        self.lock_dir: str = fields.get("lock_dir", str, os.path.join(state_dir, "locks"))
+        self.lock_timeout_seconds: float = fields.get(
+            "lock_timeout_seconds", (int, float), DEFAULT_LOCK_TIMEOUT_SECONDS
+        )
+        items = fields.get("repositories", list, required=True)
+        self.repositories = [
+            MaintainedRepository(_Fields(item, path + ": repository", MaintainedRepository.KEYS)) for item in items
+        ]
+
+
+class Offsite:
+    """``offsite/<destination>.json``: an rclone destination for the hub's repositories."""
+
+    KEYS = (
+        "name",
+        "source_dir",
+        "remote",
+        "rclone_config",
+        "mode",
+        "backup_dir",
+        "max_delete",
+        "repositories",
+        "bandwidth_limit",
+        "extra_args",
+        "lock_dir",
+        "lock_timeout_seconds",
+        "cadence_seconds",
+    )
+
+    def __init__(self, config_dir: str, state_dir: str, destination: str) -> None:
+        if not NAME.match(destination):
+            raise ConfigError("destination %r must match %s" % (destination, NAME.pattern))
+        path = os.path.join(config_dir, "offsite", destination + ".json")
+        fields = _Fields(read_config_file(path), path, self.KEYS)
+        self.name = fields.name("name")
+        if self.name != destination:
+            raise ConfigError("%s: name %r does not match the file name" % (path, self.name))
+        self.source_dir: str = fields.get("source_dir", str, required=True)
+        self.remote: str = fields.get("remote", str, required=True)
+        self.rclone_config: Optional[str] = fields.get("rclone_config", str)
+        self.mode: str = fields.get("mode", str, "copy")
+        self.backup_dir: Optional[str] = fields.get("backup_dir", str)
+        self.max_delete: Optional[int] = fields.get("max_delete", int)
+        self.repositories: Optional[List[str]] = _optional_names(fields, "repositories")
+        self.bandwidth_limit: Optional[str] = fields.get("bandwidth_limit", str)
+        self.extra_args = fields.strings("extra_args")
+        self.lock_dir: str = fields.get("lock_dir", str, os.path.join(state_dir, "locks"))
+        self.lock_timeout_seconds: float = fields.get(
+            "lock_timeout_seconds", (int, float), DEFAULT_LOCK_TIMEOUT_SECONDS
+        )
+        self.cadence_seconds: Optional[int] = fields.get("cadence_seconds", int)
+        self._check_mode(path)
+
+    def _check_mode(self, path: str) -> None:
+        if self.mode not in ("copy", "mirror"):
+            raise ConfigError("%s: mode must be 'copy' or 'mirror'" % path)
+        if self.mode == "mirror" and (not self.backup_dir or self.max_delete is None):
+            raise ConfigError("%s: mirror mode needs backup_dir and max_delete (the delete guard)" % path)

@@ -1,0 +1,276 @@
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Hub-side work: ``bk-run receipts``, ``bk-run maintain`` and ``bk-run offsite DESTINATION``."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional
+
+from .config import Hub, MaintainedRepository, Maintenance, Offsite, Settings
+from .files import LockTimeout, locked, read_json, write_json
+from .jobs import record, record_for_repository, restic_environment, tools
+from .manifest import new_manifest, rfc3339, utc_now
+from .outcome import Outcome, Problem, exit_code
+from .process import child_environment, python_version, run, version_of
+from .recorder import BK_VERSION, Recorder
+from .restic_output import forget_result, prune_figures, strip_url_credentials
+
+SNAPSHOT_FILE = re.compile(r"^[0-9a-f]{64}$")
+REPOSITORY_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
+RECEIPTS_PER_MANIFEST = 1000
+
+
+def repository_dirs(data_dir: str, only: Optional[List[str]]) -> List[str]:
+    """Names of the restic repositories (directories with ``snapshots/``) under ``data_dir``."""
+    try:
+        names = sorted(os.listdir(data_dir))
+    except FileNotFoundError:
+        return []
+    if only is not None:
+        names = [name for name in names if name in only]
+    return [
+        name
+        for name in names
+        if REPOSITORY_DIR.match(name) and os.path.isdir(os.path.join(data_dir, name, "snapshots"))
+    ]
+
+
+# --- receipts ------------------------------------------------------------------------------
+
+
+def _arrivals(snapshots_dir: str, seen: set) -> List[Dict[str, Any]]:
+    arrivals = []
+    for entry in os.scandir(snapshots_dir):
+        if entry.name in seen or not SNAPSHOT_FILE.match(entry.name) or not entry.is_file():
+            continue
+        info = entry.stat()
+        arrived = datetime.datetime.fromtimestamp(info.st_mtime, datetime.timezone.utc)
+        arrivals.append({"id": entry.name, "size": info.st_size, "arrived_at": rfc3339(arrived)})
+    return sorted(arrivals, key=lambda item: (item["arrived_at"], item["id"]))
+
+
+def receipts(settings: Settings, hub: Hub, recorder: Recorder) -> int:
+    """A ``hub-receipt`` manifest per repository for snapshot files not reported before."""
+    state_path = os.path.join(settings.state_dir, "receipts.json")
+    failed = False
+    hub_tools = {"bk": BK_VERSION, "python": python_version()}
+    with locked(os.path.join(settings.state_dir, "receipts.lock")):
+        reported = read_json(state_path, {})
+        for name in repository_dirs(hub.data_dir, hub.repositories):
+            started = utc_now()
+            seen = set(reported.get(name, []))
+            arrivals = _arrivals(os.path.join(hub.data_dir, name, "snapshots"), seen)
+            for first in range(0, len(arrivals), RECEIPTS_PER_MANIFEST):
+                chunk = arrivals[first : first + RECEIPTS_PER_MANIFEST]
+                doc = new_manifest(
+                    "hub-receipt",
+                    "success",
+                    started,
+                    utc_now(),
+                    repository={"name": name},
+                    receipt={"snapshots": chunk},
+                    tools=hub_tools,
+                )
+                if not _record_receipt(recorder, doc):
+                    failed = True
+                    break
+                reported[name] = sorted(seen.union(item["id"] for item in chunk))
+                seen = set(reported[name])
+                write_json(state_path, reported)
+    return 1 if failed else 0
+
+
+def _record_receipt(recorder: Recorder, doc: Dict[str, Any]) -> bool:
+    try:
+        recorder.record(doc)
+    except Exception as exc:  # report and stop: the receipts are retried next run
+        sys.stderr.write("bk: could not record a hub receipt: %s\n" % exc)
+        return False
+    return True
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+
+def policy_arguments(policy: Dict[str, Any]) -> List[str]:
+    arguments = []
+    for key, value in sorted(policy.items()):
+        flag = "--" + key.replace("_", "-")
+        if key == "keep_tags":
+            for tags in value:
+                arguments += ["--keep-tag", tags]
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def maintain(settings: Settings, maintenance: Maintenance, recorder: Recorder, only: List[str]) -> int:
+    """forget (and prune) every maintained repository under its lock; forget and prune manifests."""
+    statuses: List[str] = []
+    common_tools = tools(settings)
+    for repository in maintenance.repositories:
+        if only and repository.name not in only:
+            continue
+        lock = os.path.join(maintenance.lock_dir, repository.name + ".lock")
+        forget = Outcome(utc_now())
+        try:
+            with locked(lock, maintenance.lock_timeout_seconds):
+                statuses += _forget_and_prune(settings, repository, recorder, forget, common_tools)
+        except LockTimeout as exc:
+            forget.fail(Problem("not run: %s (an offsite copy or another maintenance is running)" % exc))
+            forget.finish(utc_now())
+            _record_forget(settings, repository, recorder, forget, common_tools)
+            statuses.append(forget.status)
+    return exit_code(statuses)
+
+
+def _common(repository: MaintainedRepository, common_tools: Dict[str, str]) -> Dict[str, Any]:
+    common: Dict[str, Any] = {"tools": common_tools}
+    if repository.cadence_seconds:
+        common["cadence_seconds"] = repository.cadence_seconds
+    return common
+
+
+def _record_forget(
+    settings: Settings,
+    repository: MaintainedRepository,
+    recorder: Recorder,
+    outcome: Outcome,
+    common_tools: Dict[str, str],
+) -> None:
+    outcome.sections.setdefault("forget", {"policy": repository.policy, "group_by": repository.group_by})
+    record_for_repository(
+        recorder,
+        "forget",
+        outcome=outcome,
+        settings=settings,
+        repository=repository,
+        common=_common(repository, common_tools),
+    )
+
+
+def _forget_and_prune(
+    settings: Settings,
+    repository: MaintainedRepository,
+    recorder: Recorder,
+    forget: Outcome,
+    common_tools: Dict[str, str],
+) -> List[str]:
+    env = restic_environment(settings, repository)
+    argv = [
+        settings.restic,
+        "forget",
+        "--json",
+        "--group-by",
+        repository.group_by,
+        *policy_arguments(repository.policy),
+    ]
+    completed = run(argv, env=env)
+    removed: List[str] = []
+    if completed.exit_code != 0:
+        forget.fail(Problem("restic forget exited %d" % completed.exit_code, completed.exit_code, completed.stderr))
+    else:
+        try:
+            removed, kept = forget_result(completed.stdout)
+            forget.sections["forget"] = {
+                "policy": repository.policy,
+                "group_by": repository.group_by,
+                "removed": removed,
+                "kept": kept,
+            }
+        except (ValueError, KeyError, TypeError, AttributeError):
+            forget.fail(Problem("cannot read restic forget's output", None, completed.stdout[-2000:]), "warning")
+    forget.finish(utc_now())
+    _record_forget(settings, repository, recorder, forget, common_tools)
+    if not (repository.prune and removed and forget.status == "success"):
+        return [forget.status]
+    prune = Outcome(utc_now())
+    completed = run([settings.restic, "prune", "--max-unused", repository.max_unused], env=env)
+    prune.sections["prune"] = dict(prune_figures(completed.stdout), max_unused=repository.max_unused)
+    if completed.exit_code != 0:
+        output = completed.stdout + completed.stderr
+        prune.fail(Problem("restic prune exited %d" % completed.exit_code, completed.exit_code, output))
+    prune.finish(utc_now())
+    record_for_repository(
+        recorder,
+        "prune",
+        outcome=prune,
+        settings=settings,
+        repository=repository,
+        common=_common(repository, common_tools),
+    )
+    return [forget.status, prune.status]
+
+
+# --- offsite copies ------------------------------------------------------------------------
+
+
+def remote_path(remote: str, name: str) -> str:
+    """``remote`` joined with a repository name (``b2:bucket/fleet`` + ``web1``)."""
+    return remote + name if remote.endswith(":") else remote.rstrip("/") + "/" + name
+
+
+def rclone_transfer_argv(settings: Settings, offsite: Offsite, name: str) -> List[str]:
+    source = os.path.join(offsite.source_dir, name)
+    target = remote_path(offsite.remote, name)
+    if offsite.mode == "mirror":
+        backup_dir = remote_path(offsite.backup_dir or "", name)
+        argv = [
+            settings.rclone,
+            "sync",
+            "--checksum",
+            "--backup-dir",
+            backup_dir,
+            "--max-delete",
+            str(offsite.max_delete),
+        ]
+    else:
+        argv = [settings.rclone, "copy", "--checksum", "--immutable"]
+    argv += ["--exclude", "/locks/**"]
+    if offsite.bandwidth_limit:
+        argv += ["--bwlimit", offsite.bandwidth_limit]
+    return [*argv, *offsite.extra_args, source, target]
+
+
+def offsite_copy(settings: Settings, offsite: Offsite, recorder: Recorder) -> int:
+    """Copy each hub repository to the destination under its lock; an ``offsite-copy`` manifest each."""
+    env = child_environment({"RCLONE_CONFIG": offsite.rclone_config} if offsite.rclone_config else {})
+    copy_tools = {"rclone": version_of(settings.rclone), "bk": BK_VERSION, "python": python_version()}
+    common: Dict[str, Any] = {"tools": {name: value for name, value in copy_tools.items() if value}}
+    if offsite.cadence_seconds:
+        common["cadence_seconds"] = offsite.cadence_seconds
+    statuses = []
+    for name in repository_dirs(offsite.source_dir, offsite.repositories):
+        outcome = Outcome(utc_now())
+        outcome.sections["offsite"] = {
+            "destination": offsite.name,
+            "remote": strip_url_credentials(remote_path(offsite.remote, name)),
+            "mode": offsite.mode,
+        }
+        try:
+            with locked(os.path.join(offsite.lock_dir, name + ".lock"), offsite.lock_timeout_seconds):
+                _copy_one(settings, offsite, name, env, outcome)
+        except LockTimeout as exc:
+            outcome.fail(Problem("not run: %s (maintenance is running)" % exc))
+        outcome.finish(utc_now())
+        record(recorder, "offsite-copy", outcome, dict(common, repository={"name": name}), [])
+        statuses.append(outcome.status)
+    return exit_code(statuses)
+
+
+def _copy_one(settings: Settings, offsite: Offsite, name: str, env: Dict[str, str], outcome: Outcome) -> None:
+    transfer = run(rclone_transfer_argv(settings, offsite, name), env=env)
+    if transfer.exit_code != 0:
+        outcome.fail(
+            Problem("rclone %s exited %d" % (offsite.mode, transfer.exit_code), transfer.exit_code, transfer.stderr)
+        )
+    listing = run([settings.rclone, "lsf", "--files-only", remote_path(offsite.remote, name) + "/snapshots"], env=env)
+    if listing.exit_code != 0:
+        outcome.fail(Problem("rclone lsf exited %d" % listing.exit_code, listing.exit_code, listing.stderr))
+        return
+    present = sorted(line.strip() for line in listing.stdout.splitlines() if SNAPSHOT_FILE.match(line.strip()))
+    outcome.sections["offsite"]["snapshots"] = present

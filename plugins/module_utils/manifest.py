@@ -1,0 +1,441 @@
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""bk manifest v1: the JSON Schema (single source of truth), a validator that interprets it,
+strict parsing, the canonical text that is signed and the chain hash."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+import uuid
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+SCHEMA = "bk.manifest/v1"
+KINDS = (
+    "backup",
+    "forget",
+    "prune",
+    "check",
+    "restore",
+    "drill",
+    "offsite-copy",
+    "hub-receipt",
+    "ansible-run",
+)
+STATUSES = ("success", "warning", "failure")
+MAX_DEPTH = 32
+STDERR_TAIL_MAX = 4096
+
+_HEX64 = "^[0-9a-f]{64}$"
+_RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+_NO_URL_CREDENTIALS = "^(?!.*://[^/@]*:[^/@]*@)"
+_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"
+
+_SNAPSHOT_ID = {"type": "string", "pattern": _HEX64, "description": "full restic snapshot id"}
+_COUNT = {"type": "integer", "minimum": 0}
+_SECONDS = {"type": "number", "minimum": 0}
+_TIMESTAMP = {"type": "string", "format": "date-time", "pattern": _RFC3339}
+_NAME = {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 253}
+_SHORT_TEXT = {"type": "string", "maxLength": 256}
+_PATH = {"type": "string", "maxLength": 4096}
+_PATHS = {"type": "array", "items": _PATH, "maxItems": 1000}
+_SNAPSHOT_IDS = {"type": "array", "items": _SNAPSHOT_ID, "maxItems": 100000}
+_URL = {"type": "string", "maxLength": 2048, "pattern": _NO_URL_CREDENTIALS}
+
+JSON_SCHEMA: Dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://bkfleet.example/schema/manifest-v1.json",
+    "title": "bk manifest v1",
+    "description": (
+        "What a machine of a bk fleet did: one backup, forget, prune, check, restore, drill, offsite copy, hub "
+        "receipt or Ansible run. Signed (SSHSIG, namespace bk-manifest@v1) and chained per host by seq and prev. "
+        "Only the required fields must be present; other fields are validated when present; unknown fields are "
+        "kept and not interpreted."
+    ),
+    "type": "object",
+    "required": ["schema", "id", "host", "seq", "prev", "kind", "status", "started_at", "finished_at"],
+    "additionalProperties": True,
+    "properties": {
+        "schema": {"type": "string", "enum": [SCHEMA]},
+        "id": {
+            "type": "string",
+            "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            "description": "UUID of this manifest",
+        },
+        "host": dict(_NAME, description="the signing machine, as enrolled in the reporter"),
+        "seq": {"type": "integer", "minimum": 1, "description": "position in the host's chain, from 1, no gaps"},
+        "prev": {
+            "type": ["string", "null"],
+            "pattern": _HEX64,
+            "description": "hex SHA-256 of the UTF-8 bytes of the host's previous manifest; null for seq 1",
+        },
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "started_at": dict(_TIMESTAMP, description="RFC 3339 with an offset"),
+        "finished_at": dict(_TIMESTAMP, description="RFC 3339 with an offset, not before started_at"),
+        "job": dict(_NAME, maxLength=64, description="the job's name"),
+        "repository": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": dict(_NAME, maxLength=128, description="label of the repository (hub: the host's directory)"),
+                "url": dict(_URL, description="restic repository location without credentials"),
+                "id": {"type": "string", "pattern": _HEX64, "description": "restic repository id"},
+            },
+        },
+        "snapshot": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": _SNAPSHOT_ID,
+                "short_id": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+                "paths": _PATHS,
+                "tags": {"type": "array", "items": _SHORT_TEXT, "maxItems": 100},
+                "parent": {"type": ["string", "null"], "pattern": _HEX64},
+                "time": _TIMESTAMP,
+            },
+        },
+        "stats": {
+            "type": "object",
+            "description": "restic backup --json summary",
+            "properties": {
+                "files_new": _COUNT,
+                "files_changed": _COUNT,
+                "files_unmodified": _COUNT,
+                "dirs_new": _COUNT,
+                "dirs_changed": _COUNT,
+                "dirs_unmodified": _COUNT,
+                "data_blobs": _COUNT,
+                "tree_blobs": _COUNT,
+                "data_added": dict(_COUNT, description="bytes added to the repository"),
+                "total_files_processed": _COUNT,
+                "total_bytes_processed": _COUNT,
+                "total_duration": dict(_SECONDS, description="seconds"),
+            },
+        },
+        "cadence_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "declared interval of this job; the next manifest is due after it",
+        },
+        "error": {
+            "type": "object",
+            "properties": {
+                "exit_code": {"type": ["integer", "null"]},
+                "stderr_tail": {"type": "string", "maxLength": STDERR_TAIL_MAX, "description": "secrets scrubbed"},
+                "message": {"type": "string", "maxLength": 1024},
+            },
+        },
+        "tools": {
+            "type": "object",
+            "description": "versions of the tools involved, by name (restic, rclone, bk, python, ansible)",
+            "additionalProperties": {"type": "string", "maxLength": 128},
+        },
+        "check": {
+            "type": "object",
+            "properties": {"read_data_subset": {"type": ["string", "null"], "maxLength": 32}},
+        },
+        "forget": {
+            "type": "object",
+            "properties": {
+                "policy": {
+                    "type": "object",
+                    "properties": {
+                        "keep_last": _COUNT,
+                        "keep_hourly": _COUNT,
+                        "keep_daily": _COUNT,
+                        "keep_weekly": _COUNT,
+                        "keep_monthly": _COUNT,
+                        "keep_yearly": _COUNT,
+                        "keep_within": {"type": "string", "maxLength": 32},
+                        "keep_tags": {"type": "array", "items": _SHORT_TEXT, "maxItems": 100},
+                    },
+                },
+                "group_by": {"type": "string", "maxLength": 64},
+                "removed": _SNAPSHOT_IDS,
+                "kept": _SNAPSHOT_IDS,
+            },
+        },
+        "prune": {
+            "type": "object",
+            "properties": {
+                "max_unused": {"type": "string", "maxLength": 32},
+                "pruned_blobs": _COUNT,
+                "pruned_size": {"type": "string", "maxLength": 32, "description": "as restic prints it"},
+                "remaining_blobs": _COUNT,
+                "remaining_size": {"type": "string", "maxLength": 32, "description": "as restic prints it"},
+            },
+        },
+        "receipt": {
+            "type": "object",
+            "required": ["snapshots"],
+            "description": "snapshot files that arrived in a hub repository",
+            "properties": {
+                "snapshots": {
+                    "type": "array",
+                    "maxItems": 100000,
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "arrived_at"],
+                        "properties": {"id": _SNAPSHOT_ID, "size": _COUNT, "arrived_at": _TIMESTAMP},
+                    },
+                }
+            },
+        },
+        "offsite": {
+            "type": "object",
+            "required": ["destination"],
+            "properties": {
+                "destination": dict(_NAME, maxLength=128),
+                "remote": dict(_URL, description="rclone remote path, no credentials"),
+                "mode": {"type": "string", "enum": ["copy", "mirror"]},
+                "snapshots": dict(_SNAPSHOT_IDS, description="snapshot ids present at the destination"),
+            },
+        },
+        "restore": {
+            "type": "object",
+            "description": "restore and drill",
+            "properties": {
+                "snapshot": {"type": "string", "pattern": "^[0-9a-f]{8,64}$"},
+                "paths": _PATHS,
+                "target": _PATH,
+                "files_checked": _COUNT,
+                "mismatches": _COUNT,
+                "mismatched_paths": dict(_PATHS, maxItems=100),
+            },
+        },
+        "ansible_run": {
+            "type": "object",
+            "required": ["playbook"],
+            "properties": {
+                "playbook": _PATH,
+                "hosts": {"type": "array", "items": _NAME, "maxItems": 10000},
+                "counts": {
+                    "type": "object",
+                    "description": "summed over hosts",
+                    "properties": {
+                        "ok": _COUNT,
+                        "changed": _COUNT,
+                        "failed": _COUNT,
+                        "unreachable": _COUNT,
+                        "skipped": _COUNT,
+                        "rescued": _COUNT,
+                        "ignored": _COUNT,
+                    },
+                },
+                "duration_seconds": _SECONDS,
+                "check_mode": {"type": "boolean"},
+                "forwarded": dict(_COUNT, description="host manifests forwarded in the same batch"),
+            },
+        },
+    },
+}
+
+
+class ManifestError(ValueError):
+    """A manifest text or document that cannot be accepted; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- strict parsing ----------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    result: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ManifestError("duplicate_key", "duplicate key %r" % key)
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ManifestError("non_finite_number", "%s is not valid JSON" % name)
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def loads_strict(text: str) -> Dict[str, Any]:
+    """Parse a manifest text: a JSON object, no duplicate keys, no NaN/Infinity, depth <= 32."""
+    if not isinstance(text, str):
+        raise ManifestError("invalid_json", "manifest must be a string")
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise ManifestError("too_deep", "manifest nests deeper than %d levels" % MAX_DEPTH) from None
+    except ValueError as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError("invalid_json", "manifest is not valid JSON: %s" % exc) from None
+    if not isinstance(doc, dict):
+        raise ManifestError("not_an_object", "manifest must be a JSON object")
+    if _depth(doc) > MAX_DEPTH:
+        raise ManifestError("too_deep", "manifest nests deeper than %d levels" % MAX_DEPTH)
+    return doc
+
+
+# --- validation (interprets JSON_SCHEMA) -------------------------------------------------
+
+_TYPE_CHECKS = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+}
+
+
+def parse_timestamp(value: str) -> Optional[datetime.datetime]:
+    """An RFC 3339 timestamp with an offset as an aware datetime; None if it is not one."""
+    if not isinstance(value, str) or not re.match(_RFC3339, value):
+        return None
+    date_part, time_part = value[:10], value[11:]
+    zone_at = len(time_part) - 1 if time_part[-1] in "Zz" else len(time_part) - 6
+    clock, zone = time_part[:zone_at], time_part[zone_at:]
+    seconds, _dot, fraction = clock.partition(".")
+    try:
+        offset = datetime.timedelta(0)
+        if zone not in ("Z", "z"):
+            hours, minutes = int(zone[1:3]), int(zone[4:6])
+            if hours > 23 or minutes > 59:
+                return None
+            offset = (-1 if zone[0] == "-" else 1) * datetime.timedelta(hours=hours, minutes=minutes)
+        parsed = datetime.datetime.strptime(date_part + "T" + seconds, "%Y-%m-%dT%H:%M:%S")
+        return parsed.replace(microsecond=int((fraction + "000000")[:6]), tzinfo=datetime.timezone(offset))
+    except ValueError:
+        return None
+
+
+def _errors(value: Any, schema: Dict[str, Any], where: str) -> List[str]:
+    types = schema.get("type")
+    if types is not None:
+        allowed = [types] if isinstance(types, str) else types
+        if not any(_TYPE_CHECKS[name](value) for name in allowed):
+            return ["%s: must be of type %s" % (where, " or ".join(allowed))]
+    problems: List[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append("%s: must be one of %s" % (where, ", ".join(map(json.dumps, schema["enum"]))))
+    if isinstance(value, str):
+        problems.extend(_string_errors(value, schema, where))
+    if _TYPE_CHECKS["number"](value) and "minimum" in schema and value < schema["minimum"]:
+        problems.append("%s: must be at least %s" % (where, schema["minimum"]))
+    if isinstance(value, list):
+        problems.extend(_array_errors(value, schema, where))
+    if isinstance(value, dict):
+        problems.extend(_object_errors(value, schema, where))
+    return problems
+
+
+def _string_errors(value: str, schema: Dict[str, Any], where: str) -> List[str]:
+    problems = []
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        problems.append("%s: longer than %d characters" % (where, schema["maxLength"]))
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        problems.append("%s: does not match %s" % (where, schema["pattern"]))
+    if schema.get("format") == "date-time" and parse_timestamp(value) is None:
+        problems.append("%s: not an RFC 3339 date-time with an offset" % where)
+    return problems
+
+
+def _array_errors(value: List[Any], schema: Dict[str, Any], where: str) -> List[str]:
+    problems = []
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        problems.append("%s: more than %d items" % (where, schema["maxItems"]))
+    if "items" in schema:
+        for index, item in enumerate(value):
+            problems.extend(_errors(item, schema["items"], "%s[%d]" % (where, index)))
+    return problems
+
+
+def _object_errors(value: Dict[str, Any], schema: Dict[str, Any], where: str) -> List[str]:
+    problems = ["%s.%s: required" % (where, key) for key in schema.get("required", ()) if key not in value]
+    properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, item in value.items():
+        if key in properties:
+            problems.extend(_errors(item, properties[key], "%s.%s" % (where, key)))
+        elif extra is False:
+            problems.append("%s.%s: not allowed" % (where, key))
+        elif isinstance(extra, dict):
+            problems.extend(_errors(item, extra, "%s.%s" % (where, key)))
+    return problems
+
+
+def validate(doc: Dict[str, Any]) -> List[str]:
+    """Human-readable problems with a manifest document; empty when it is valid."""
+    problems = _errors(doc, JSON_SCHEMA, "$")
+    if not problems:
+        started = parse_timestamp(doc["started_at"])
+        finished = parse_timestamp(doc["finished_at"])
+        if started is not None and finished is not None and finished < started:
+            problems.append("$.finished_at: before started_at")
+    return problems
+
+
+# --- building ----------------------------------------------------------------------------
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """An aware datetime as RFC 3339 with microseconds and an offset (UTC as +00:00)."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must carry a time zone")
+    return moment.isoformat(timespec="microseconds")
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def new_manifest(
+    kind: str,
+    status: str,
+    started_at: Union[datetime.datetime, str],
+    finished_at: Union[datetime.datetime, str],
+    **sections: Any,
+) -> Dict[str, Any]:
+    """A manifest without its chain fields (``host``, ``seq``, ``prev``), which the chain adds.
+
+    Sections whose value is None are left out."""
+    doc: Dict[str, Any] = {
+        "schema": SCHEMA,
+        "id": str(uuid.uuid4()),
+        "kind": kind,
+        "status": status,
+        "started_at": started_at if isinstance(started_at, str) else rfc3339(started_at),
+        "finished_at": finished_at if isinstance(finished_at, str) else rfc3339(finished_at),
+    }
+    doc.update((name, value) for name, value in sections.items() if value is not None)
+    return doc
+
+
+def dumps(doc: Dict[str, Any]) -> str:
+    """The canonical text of a manifest: compact, sorted keys, UTF-8, no NaN."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_hex(text: str) -> str:
+    """The chain hash of a manifest text: hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def envelope(text: str, signature: str) -> Dict[str, str]:
+    """The wire envelope of a signed manifest."""
+    return {"manifest": text, "signature": signature}

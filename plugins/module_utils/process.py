@@ -1,0 +1,65 @@
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Running external programs (restic, rclone, hooks, dumps) without ever raising for their failures."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Dict, List, NamedTuple, Optional, Union
+
+from .restic_output import tool_version
+
+Command = Union[str, List[str]]
+HOOK_TIMEOUT_SECONDS = 3600
+NOT_RUN = 127
+TIMED_OUT = 124
+
+
+class Completed(NamedTuple):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def argv_of(command: Command) -> List[str]:
+    """A configured command as argv: a string runs through ``/bin/sh -c``, a list as is."""
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+
+
+def run(
+    argv: List[str],
+    env: Optional[Dict[str, str]] = None,
+    timeout: Optional[float] = None,
+    stdin: Optional[int] = subprocess.DEVNULL,
+) -> Completed:
+    """Run a program to completion; a missing program or a timeout is an exit code, not an exception."""
+    try:
+        completed = subprocess.run(argv, env=env, stdin=stdin, capture_output=True, timeout=timeout, check=False)
+    except OSError as exc:
+        return Completed(NOT_RUN, "", "cannot run %s: %s\n" % (argv[0], exc.strerror or exc))
+    except subprocess.TimeoutExpired as exc:
+        return Completed(TIMED_OUT, _text(exc.stdout), _text(exc.stderr) + "\ntimed out after %s s\n" % timeout)
+    return Completed(completed.returncode, _text(completed.stdout), _text(completed.stderr))
+
+
+def _text(data: Optional[bytes]) -> str:
+    return data.decode("utf-8", "replace") if data else ""
+
+
+def child_environment(extra: Dict[str, str], drop: tuple = ()) -> Dict[str, str]:
+    """The runner's environment without ``drop`` and with ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key not in drop}
+    env.update(extra)
+    return env
+
+
+def version_of(binary: str) -> Optional[str]:
+    """The version a tool reports (``restic version``, ``rclone version``), None if it cannot run."""
+    completed = run([binary, "version"], timeout=30)
+    return tool_version(completed.stdout) if completed.exit_code == 0 else None
+
+
+def python_version() -> str:
+    return platform.python_version()

@@ -1,0 +1,121 @@
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reading what restic and rclone print, and keeping secrets out of what bk records."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+STATS_FIELDS = (
+    "files_new",
+    "files_changed",
+    "files_unmodified",
+    "dirs_new",
+    "dirs_changed",
+    "dirs_unmodified",
+    "data_blobs",
+    "tree_blobs",
+    "data_added",
+    "total_files_processed",
+    "total_bytes_processed",
+    "total_duration",
+)
+SNAPSHOT_FIELDS = ("id", "short_id", "paths", "tags", "parent", "time")
+REDACTED = "***"
+_URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+_VERSION = re.compile(r"\bv?([0-9]+\.[0-9]+(?:\.[0-9]+)?(?:-[0-9A-Za-z.]+)?)")
+_PRUNE_LINE = re.compile(r"^(total prune|remaining):\s+([0-9]+) blobs / (.+?)\s*$", re.MULTILINE)
+
+
+def _json_lines(stdout: str) -> Iterable[Dict[str, Any]]:
+    for raw_line in stdout.splitlines():
+        line = raw_line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def backup_summary(stdout: str) -> Optional[Dict[str, Any]]:
+    """The final ``summary`` object of ``restic backup --json``, or None if there is none."""
+    summary = None
+    for message in _json_lines(stdout):
+        if message.get("message_type") == "summary":
+            summary = message
+    return summary
+
+
+def stats_from_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest's ``stats`` section: restic's own figures, unchanged."""
+    return {name: summary[name] for name in STATS_FIELDS if isinstance(summary.get(name), (int, float))}
+
+
+def parse_snapshots(stdout: str) -> List[Dict[str, Any]]:
+    """The list printed by ``restic snapshots --json``."""
+    value = json.loads(stdout)
+    if not isinstance(value, list):
+        raise ValueError("restic snapshots --json did not print a list")
+    return [item for item in value if isinstance(item, dict)]
+
+
+def snapshot_section(snapshot: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest's ``snapshot`` section from one ``restic snapshots --json`` entry."""
+    section = {name: snapshot[name] for name in SNAPSHOT_FIELDS if snapshot.get(name) is not None}
+    section.setdefault("tags", [])
+    section.setdefault("parent", None)
+    return section
+
+
+def forget_result(stdout: str) -> Tuple[List[str], List[str]]:
+    """Removed and kept snapshot ids from ``restic forget --json``."""
+    groups = json.loads(stdout) if stdout.strip() else []
+    removed: List[str] = []
+    kept: List[str] = []
+    for group in groups if isinstance(groups, list) else []:
+        removed.extend(item["id"] for item in group.get("remove") or [] if "id" in item)
+        kept.extend(item["id"] for item in group.get("keep") or [] if "id" in item)
+    return removed, kept
+
+
+def prune_figures(stdout: str) -> Dict[str, Any]:
+    """``pruned_*`` and ``remaining_*`` figures from ``restic prune``'s text output."""
+    figures: Dict[str, Any] = {}
+    for label, blobs, size in _PRUNE_LINE.findall(stdout):
+        prefix = "pruned" if label == "total prune" else "remaining"
+        figures[prefix + "_blobs"] = int(blobs)
+        figures[prefix + "_size"] = size[:32]
+    return figures
+
+
+def tool_version(version_output: str) -> Optional[str]:
+    """``0.14.0`` from ``restic 0.14.0 compiled with ...``, ``1.60.1-DEV`` from ``rclone v1.60.1-DEV``."""
+    first_line = version_output.strip().splitlines()[0] if version_output.strip() else ""
+    match = _VERSION.search(first_line)
+    return match.group(1) if match else None
+
+
+def strip_url_credentials(url: str) -> str:
+    """A repository location without ``user:password@`` (``rest:https://web1:pw@hub/`` -> ``rest:https://hub/``)."""
+    return _URL_CREDENTIALS.sub(r"\1", url)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret and every URL credential replaced by ``***``."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", text)
+
+
+def tail(text: str, max_chars: int) -> str:
+    """The end of ``text``, at most ``max_chars`` characters, starting at a line boundary if possible."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[-max_chars:]
+    newline = cut.find("\n")
+    return cut[newline + 1 :] if 0 <= newline < len(cut) - 1 else cut
