@@ -439,3 +439,7 @@ def sha256_hex(text: str) -> str:
 def envelope(text: str, signature: str) -> Dict[str, str]:
     """The wire envelope of a signed manifest."""
     return {"manifest": text, "signature": signature}
+
+
+if __name__ == "__main__":  # python -m bk_evidence.manifest > docs/schema/manifest-v1.json
+    print(json.dumps(JSON_SCHEMA, indent=2, sort_keys=True))
