@@ -1,0 +1,1167 @@
+#!/usr/bin/env python3
+"""Evidence gathering and checks for the molecule scenario's verify step.
+
+Runs on the machine (the molecule controller) and reaches the instances with
+``podman exec``, so that secrets read from the hosts never pass through Ansible
+module arguments or results (and so never reach a log). Every subcommand prints
+one JSON object: what it saw, and ``problems``, a list of human sentences. The
+exit status is 1 when ``problems`` is not empty, 0 otherwise; verify.yml asserts
+on the JSON.
+
+The checks read the hosts' own configuration as the runner contract
+(docs/runner.md) defines it: /etc/bk/bk.json, /etc/bk/jobs/*.json,
+/etc/bk/hub.json, /etc/bk/maintenance.json, /etc/bk/offsite/*.json, the chain
+state and the spool. Nothing here knows the roles' variable names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+PODMAN = os.environ.get("MOLECULE_PODMAN_EXECUTABLE") or "podman"
+NAMESPACE = "bk-manifest@v1"
+DROPIN_NAME = "zz-bk-molecule-fire.conf"
+
+Json = dict[str, Any]
+
+
+class CheckFailed(Exception):
+    """A command on an instance failed in a way the check cannot continue from."""
+
+
+# --- instances -----------------------------------------------------------------------------
+
+
+def run(
+    host: str,
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv on an instance; stdout and stderr are captured as bytes.
+
+    `env` reaches the command through podman's own environment (`podman exec -e NAME`),
+    never through a command line, so that credentials appear in no process listing.
+    """
+    names = sorted(env or {})
+    cmd = [PODMAN, "exec", "-i", *(f"--env={name}" for name in names), host, *argv]
+    proc_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, input=stdin or b"", capture_output=True, timeout=timeout, check=False, env=proc_env)
+    if check and proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace")[-2000:]
+        raise CheckFailed(f"{host}: {shlex.join(argv)} exited {proc.returncode}: {tail}")
+    return proc
+
+
+def text(host: str, argv: Sequence[str], **kwargs: Any) -> str:
+    return run(host, argv, **kwargs).stdout.decode("utf-8", "replace")
+
+
+def read_file(host: str, path: str) -> str | None:
+    proc = run(host, ["cat", "--", path], check=False)
+    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
+
+
+def read_json(host: str, path: str, default: Any = None) -> Any:
+    raw = read_file(host, path)
+    if raw is None:
+        return default
+    return json.loads(raw)
+
+
+def list_dir(host: str, path: str) -> list[str]:
+    proc = run(host, ["find", path, "-mindepth", "1", "-maxdepth", "1", "-printf", "%f\\n"], check=False)
+    if proc.returncode != 0:
+        return []
+    return sorted(line for line in proc.stdout.decode().splitlines() if line)
+
+
+def bk_config(host: str) -> Json:
+    cfg = read_json(host, "/etc/bk/bk.json", {})
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def state_dir(host: str) -> str:
+    return bk_config(host).get("state_dir") or "/var/lib/bk"
+
+
+def spool_dir(host: str) -> str:
+    return bk_config(host).get("spool_dir") or "/var/spool/bk"
+
+
+def jobs(host: str) -> dict[str, Json]:
+    out: dict[str, Json] = {}
+    for name in list_dir(host, "/etc/bk/jobs"):
+        if name.endswith(".json"):
+            doc = read_json(host, f"/etc/bk/jobs/{name}")
+            if isinstance(doc, dict):
+                out[name[: -len(".json")]] = doc
+    return out
+
+
+def show(host: str, unit: str, props: Iterable[str]) -> dict[str, str]:
+    return show_many(host, [unit], props)[unit]
+
+
+def show_many(host: str, units: Sequence[str], props: Iterable[str]) -> dict[str, dict[str, str]]:
+    """`systemctl show` of several units in one call, by unit name."""
+    props = ["Id", *props]
+    argv = ["systemctl", "show", *(f"--property={p}" for p in props), "--", *units]
+    blocks = text(host, argv).split("\n\n")
+    result: dict[str, dict[str, str]] = {}
+    for unit, block in zip(units, blocks, strict=False):
+        values: dict[str, str] = {}
+        for line in block.splitlines():
+            key, _, value = line.partition("=")
+            values[key] = value
+        result[unit] = values
+    return result
+
+
+def exec_argv(exec_start: str) -> list[str]:
+    """The argv of the first command in a `systemctl show -p ExecStart` value."""
+    match = re.search(r"argv\[\]=(.*?) ;", exec_start)
+    return shlex.split(match.group(1)) if match else []
+
+
+def bk_units(host: str) -> Json:
+    """Timers and services of bk on a host, by what their service runs (runner contract).
+
+    {"timers": {timer: {"service": s, "argv": [...]}},
+     "backup": {job: {"timer": t, "service": s}}, "check": {...}, "offsite": {dest: {...}},
+     "receipts": {...} | None, "maintain": {...} | None, "flush": {...} | None,
+     "services": {service: argv}}
+    """
+    listing = text(host, ["systemctl", "list-unit-files", "--no-legend", "--plain", "--type=service,timer"])
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    names = [n for n in names if "bk" in n and "@." not in n]
+    services: dict[str, list[str]] = {}
+    timers: dict[str, Json] = {}
+    service_names = [n for n in names if n.endswith(".service")]
+    timer_names = [n for n in names if n.endswith(".timer")]
+    for name, props in (show_many(host, service_names, ["ExecStart"]) if service_names else {}).items():
+        argv = exec_argv(props.get("ExecStart", ""))
+        if any(Path(a).name in {"bk-run", "bk-reporter"} or "bk_evidence" in a for a in argv[:3]):
+            services[name] = argv
+    for name, props in (show_many(host, timer_names, ["Triggers"]) if timer_names else {}).items():
+        for service in props.get("Triggers", "").split():
+            if service in services:
+                timers[name] = {"service": service, "argv": services[service]}
+    result: Json = {"services": services, "timers": timers, "backup": {}, "check": {}, "offsite": {}}
+    for service, argv in services.items():
+        words = [a for a in argv if not a.startswith("-")]
+        timer = next((t for t, v in timers.items() if v["service"] == service), None)
+        entry = {"service": service, "timer": timer}
+        for verb in ("backup", "check", "offsite"):
+            if verb in words and words.index(verb) + 1 < len(words):
+                result[verb][words[words.index(verb) + 1]] = entry
+        for verb in ("receipts", "maintain", "flush"):
+            if verb in words:
+                result[verb] = entry
+        if "serve" in words and any(Path(a).name == "bk-reporter" for a in argv):
+            result["reporter"] = entry
+    return result
+
+
+def monotonic_usec(host: str) -> int:
+    """CLOCK_MONOTONIC of the instance (shared with the machine's kernel), in microseconds."""
+    raw = text(host, ["python3", "-c", "import time; print(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)"])
+    return int(raw.strip())
+
+
+def wait_for_run(host: str, service: str, after_usec: int, timeout: float) -> dict[str, str]:
+    """Wait until a oneshot service started after `after_usec` (monotonic) has finished."""
+    props = [
+        "ActiveState",
+        "Result",
+        "ExecMainStatus",
+        "ExecMainStartTimestamp",
+        "ExecMainStartTimestampMonotonic",
+        "ExecMainExitTimestamp",
+        "ExecMainExitTimestampMonotonic",
+        "InvocationID",
+        "TriggeredBy",
+    ]
+    deadline = time.monotonic() + timeout
+    while True:
+        state = show(host, service, props)
+        started = int(state.get("ExecMainStartTimestampMonotonic") or 0)
+        exited = int(state.get("ExecMainExitTimestampMonotonic") or 0)
+        if started > after_usec and exited >= started and state.get("ActiveState") in {"inactive", "failed"}:
+            return state
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"{host}: {service} did not run to completion within {timeout:.0f} s: {state}")
+        time.sleep(1)
+
+
+def journal(host: str, unit: str, invocation: str | None = None) -> list[str]:
+    argv = ["journalctl", "--no-pager", "-q", "-o", "short-iso", "-u", unit]
+    if invocation:
+        argv = ["journalctl", "--no-pager", "-q", "-o", "short-iso", f"_SYSTEMD_INVOCATION_ID={invocation}"]
+    return text(host, argv, check=False).splitlines()
+
+
+# --- the reporter ---------------------------------------------------------------------------
+
+
+class Reporter:
+    """The reporter's HTTP API, reached from an instance with the URL the hosts deliver to."""
+
+    def __init__(self, via: str, url: str | None = None) -> None:
+        cfg = bk_config(via)
+        self.via = via
+        self.url = (url or cfg.get("reporter_url") or "").rstrip("/")
+        self.ca_file = cfg.get("reporter_ca_file")
+        if not self.url:
+            raise CheckFailed(f"{via}: /etc/bk/bk.json has no reporter_url")
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        argv = ["curl", "-sS", "--fail-with-body", "--max-time", "20"]
+        if self.ca_file and self.url.startswith("https:"):
+            argv += ["--cacert", self.ca_file]
+        body = text(self.via, [*argv, url])
+        return json.loads(body)
+
+    def events(self, host: str) -> list[Json]:
+        """Every stored manifest of a host (all kinds), oldest first, following pagination."""
+        out: list[Json] = []
+        params: dict[str, str] = {"host": host, "limit": "1000"}
+        seen: set[str] = set()
+        for _ in range(100):
+            page = self.get("/api/v1/events", params)
+            items = page.get("events", page.get("items")) if isinstance(page, dict) else page
+            if not isinstance(items, list):
+                raise CheckFailed(f"unexpected /api/v1/events answer: {str(page)[:300]}")
+            fresh = [e for e in items if event_id(e) not in seen]
+            out.extend(fresh)
+            seen.update(event_id(e) for e in fresh)
+            cursor = page.get("next") if isinstance(page, dict) else None
+            if not cursor or not fresh:
+                break
+            params = {"host": host, "limit": "1000", "cursor": str(cursor)}
+        return out
+
+    def hosts(self) -> Any:
+        return self.get("/api/v1/hosts")
+
+
+def event_text(event: Json) -> str:
+    """The exact signed manifest text of a stored event."""
+    for key in ("manifest_text", "manifest", "text"):
+        value = event.get(key)
+        if isinstance(value, str):
+            return value
+    envelope = event.get("envelope")
+    if isinstance(envelope, dict) and isinstance(envelope.get("manifest"), str):
+        return envelope["manifest"]
+    raise CheckFailed(f"event without its manifest text: keys {sorted(event)}")
+
+
+def event_signature(event: Json) -> str:
+    for key in ("signature",):
+        value = event.get(key)
+        if isinstance(value, str):
+            return value
+    envelope = event.get("envelope")
+    if isinstance(envelope, dict) and isinstance(envelope.get("signature"), str):
+        return envelope["signature"]
+    raise CheckFailed(f"event without its signature: keys {sorted(event)}")
+
+
+def event_id(event: Json) -> str:
+    try:
+        return str(json.loads(event_text(event))["id"])
+    except (CheckFailed, ValueError, KeyError):
+        return str(event.get("id"))
+
+
+def manifests(events: list[Json]) -> list[tuple[Json, str, str]]:
+    """(document, text, signature) per event, ordered by seq."""
+    out = [(json.loads(event_text(e)), event_text(e), event_signature(e)) for e in events]
+    return sorted(out, key=lambda item: int(item[0].get("seq", 0)))
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+def host_public_keys(host: str) -> list[str]:
+    keys = []
+    for name in list_dir(host, "/etc/ssh"):
+        if name.startswith("ssh_host_") and name.endswith("_key.pub"):
+            line = (read_file(host, f"/etc/ssh/{name}") or "").split()
+            if len(line) >= 2:
+                keys.append(f"{line[0]} {line[1]}")
+    return keys
+
+
+def ssh_verify(message: str, signature: str, principal: str, keys: Sequence[str], workdir: Path) -> bool:
+    """Verify with stock `ssh-keygen -Y verify` against the host's own public keys."""
+    allowed = workdir / "allowed_signers"
+    allowed.write_text("".join(f'{principal} namespaces="{NAMESPACE}" {k}\n' for k in keys))
+    sig = workdir / "msg.sig"
+    sig.write_text(signature)
+    proc = subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", principal, "-n", NAMESPACE, "-s", str(sig)],
+        input=message.encode("utf-8"),
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+# --- subcommand: chain ------------------------------------------------------------------------
+
+
+def chain_report(reporter: Reporter, host: str, workdir: Path) -> Json:
+    """The reporter's copy of one host's chain, checked against the host itself."""
+    problems: list[str] = []
+    state = read_json(host, f"{state_dir(host)}/chain.json", {}) or {}
+    made = int(state.get("seq") or 0)
+    outbox = [n for n in list_dir(host, f"{spool_dir(host)}/outbox") if n.endswith(".json")]
+    rejected = [n for n in list_dir(host, f"{spool_dir(host)}/rejected") if n.endswith(".json")]
+    keys = host_public_keys(host)
+    stored = manifests(reporter.events(host))
+    seqs = [int(doc["seq"]) for doc, _, _ in stored]
+    ids = [str(doc["id"]) for doc, _, _ in stored]
+    pending_seqs = sorted(int(n.split("-", 1)[0]) for n in outbox if n.split("-", 1)[0].isdigit())
+    if len(set(ids)) != len(ids):
+        problems.append(f"{host}: duplicate manifest ids stored")
+    if len(set(seqs)) != len(seqs):
+        problems.append(f"{host}: duplicate seq stored")
+    expected_stored = [s for s in range(1, made + 1) if s not in pending_seqs]
+    if sorted(seqs) != expected_stored:
+        missing = sorted(set(expected_stored) - set(seqs))
+        extra = sorted(set(seqs) - set(expected_stored))
+        problems.append(
+            f"{host}: made {made} manifests, {len(pending_seqs)} in the outbox, reporter holds {len(seqs)}; "
+            f"missing seq {missing[:20]}, unexpected seq {extra[:20]}"
+        )
+    if rejected:
+        problems.append(f"{host}: {len(rejected)} manifests were rejected by the reporter: {rejected[:5]}")
+    previous: tuple[int, str] | None = None
+    bad_signatures = []
+    for doc, body, signature in stored:
+        if doc.get("host") != host:
+            problems.append(f"{host}: stored manifest {doc.get('id')} names host {doc.get('host')}")
+        if not ssh_verify(body, signature, host, keys, workdir):
+            bad_signatures.append(int(doc["seq"]))
+        seq = int(doc["seq"])
+        if seq == 1 and doc.get("prev") is not None:
+            problems.append(f"{host}: seq 1 has prev {doc.get('prev')}")
+        if previous and previous[0] == seq - 1:
+            want = hashlib.sha256(previous[1].encode("utf-8")).hexdigest()
+            if doc.get("prev") != want:
+                problems.append(f"{host}: seq {seq} prev does not hash seq {seq - 1}")
+        previous = (seq, body)
+    if bad_signatures:
+        problems.append(f"{host}: signatures that do not verify with the host's own keys: seq {bad_signatures[:20]}")
+    if stored and made and max(seqs) == made and state.get("last_sha256"):
+        last_text = stored[-1][1]
+        if hashlib.sha256(last_text.encode("utf-8")).hexdigest() != state["last_sha256"]:
+            problems.append(f"{host}: the reporter's last manifest is not the one the host chained last")
+    kinds: dict[str, int] = {}
+    for doc, _, _ in stored:
+        kinds[doc["kind"]] = kinds.get(doc["kind"], 0) + 1
+    return {
+        "host": host,
+        "made": made,
+        "stored": len(stored),
+        "outbox": len(outbox),
+        "rejected": len(rejected),
+        "signatures_verified": len(stored) - len(bad_signatures),
+        "host_keys": len(keys),
+        "kinds": kinds,
+        "problems": problems,
+    }
+
+
+def cmd_chain(args: argparse.Namespace) -> Json:
+    reporter = Reporter(args.via)
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for host in args.hosts:
+            reports.append(chain_report(reporter, host, Path(tmp)))
+    problems = [p for r in reports for p in r["problems"]]
+    if args.expect_empty_outbox:
+        problems += [f"{r['host']}: {r['outbox']} manifests still wait in the outbox" for r in reports if r["outbox"]]
+    return {"hosts": reports, "problems": problems}
+
+
+# --- subcommand: receipts --------------------------------------------------------------------
+
+
+def repo_name_from_url(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def cmd_receipts(args: argparse.Namespace) -> Json:
+    """Every snapshot a client claims (backup manifests) is confirmed by a signed hub receipt."""
+    reporter = Reporter(args.via)
+    problems: list[str] = []
+    received: dict[str, set[str]] = {}
+    for doc, _, _ in manifests(reporter.events(args.hub)):
+        if doc.get("kind") == "hub-receipt":
+            repo = (doc.get("repository") or {}).get("name", "")
+            for snap in (doc.get("receipt") or {}).get("snapshots", []):
+                received.setdefault(repo, set()).add(snap["id"])
+    claims = []
+    for client in args.clients:
+        for doc, _, _ in manifests(reporter.events(client)):
+            snap = (doc.get("snapshot") or {}).get("id")
+            if doc.get("kind") != "backup" or not snap:
+                continue
+            repo = doc.get("repository") or {}
+            if repo.get("name") != args.repository_label:
+                continue
+            hub_repo = repo_name_from_url(repo.get("url", ""))
+            confirmed = snap in received.get(hub_repo, set())
+            claims.append({"host": client, "job": doc.get("job"), "snapshot": snap, "confirmed": confirmed})
+            if not confirmed:
+                problems.append(f"{client}: snapshot {snap[:12]} ({doc.get('job')}) has no hub receipt in {hub_repo}")
+    for client in args.clients:
+        if not any(c["host"] == client for c in claims):
+            problems.append(f"{client}: no backup manifest with a snapshot in repository {args.repository_label!r}")
+    return {"claims": claims, "receipts": {k: len(v) for k, v in received.items()}, "problems": problems}
+
+
+# --- subcommand: fire (a timer fires its service) ------------------------------------------------
+
+
+def cmd_fire(args: argparse.Namespace) -> Json:
+    """Make a bk timer elapse now (runtime drop-in OnActiveSec=1s) and wait for its service run.
+
+    The unit files the role wrote are untouched: a runtime drop-in in /run adds one
+    trigger, and is removed again after the run.
+    """
+    host, timer = args.host, args.timer
+    service = show(host, timer, ["Triggers"]).get("Triggers", "").split()[0]
+    before = monotonic_usec(host)
+    dropin_dir = f"/run/systemd/system/{timer}.d"
+    dropin = "[Timer]\nOnActiveSec=1s\nAccuracySec=1ms\nRandomizedDelaySec=0\n"
+    run(host, ["mkdir", "-p", dropin_dir])
+    run(host, ["tee", f"{dropin_dir}/{DROPIN_NAME}"], stdin=dropin.encode())
+    run(host, ["systemctl", "daemon-reload"])
+    run(host, ["systemctl", "restart", timer])
+    try:
+        state = wait_for_run(host, service, before, args.timeout)
+    finally:
+        run(host, ["rm", "-f", f"{dropin_dir}/{DROPIN_NAME}"])
+        run(host, ["rmdir", "--ignore-fail-on-non-empty", dropin_dir], check=False)
+        run(host, ["systemctl", "daemon-reload"])
+        run(host, ["systemctl", "restart", timer])
+    timer_state = show(host, timer, ["LastTriggerUSec", "LastTriggerUSecMonotonic", "ActiveState", "Triggers"])
+    triggered = int(timer_state.get("LastTriggerUSecMonotonic") or 0)
+    started = int(state["ExecMainStartTimestampMonotonic"])
+    problems = []
+    if not before < triggered <= started:
+        problems.append(f"{host}: {timer} did not trigger {service} (trigger {triggered}, start {started})")
+    if started - triggered > 5_000_000:
+        problems.append(f"{host}: {service} started {(started - triggered) / 1e6:.1f} s after {timer} elapsed")
+    if timer not in state.get("TriggeredBy", "").split():
+        problems.append(f"{host}: {service} is not triggered by {timer}: {state.get('TriggeredBy')}")
+    expect = args.expect
+    if expect == "success" and (state["Result"] != "success" or state["ExecMainStatus"] != "0"):
+        problems.append(f"{host}: {service} failed: Result={state['Result']} status={state['ExecMainStatus']}")
+    lines = journal(host, service, state.get("InvocationID"))
+    if timer_state.get("ActiveState") != "active":
+        problems.append(f"{host}: {timer} is {timer_state.get('ActiveState')} after the run")
+    return {
+        "host": host,
+        "timer": timer,
+        "service": service,
+        "timer_last_trigger": timer_state.get("LastTriggerUSec"),
+        "service_started": state["ExecMainStartTimestamp"],
+        "service_exited": state["ExecMainExitTimestamp"],
+        "seconds_from_trigger_to_start": round((started - triggered) / 1e6, 3),
+        "duration_seconds": round((int(state["ExecMainExitTimestampMonotonic"]) - started) / 1e6, 3),
+        "result": state["Result"],
+        "exit_status": int(state["ExecMainStatus"] or -1),
+        "invocation": state.get("InvocationID"),
+        "journal": lines[-15:],
+        "problems": problems,
+    }
+
+
+# --- subcommand: units -------------------------------------------------------------------------
+
+
+def cmd_units(args: argparse.Namespace) -> Json:
+    return {"host": args.host, **bk_units(args.host), "problems": []}
+
+
+# --- subcommand: state (chain, spool, runs) -----------------------------------------------------
+
+
+def cmd_state(args: argparse.Namespace) -> Json:
+    host = args.host
+    state = read_json(host, f"{state_dir(host)}/chain.json", {}) or {}
+    outbox = [n for n in list_dir(host, f"{spool_dir(host)}/outbox") if n.endswith(".json")]
+    pending = []
+    for name in outbox:
+        envelope = read_json(host, f"{spool_dir(host)}/outbox/{name}", {})
+        doc = json.loads(envelope.get("manifest", "{}")) if isinstance(envelope, dict) else {}
+        snapshot = doc.get("snapshot") or {}
+        pending.append(
+            {
+                "file": name,
+                "seq": doc.get("seq"),
+                "kind": doc.get("kind"),
+                "status": doc.get("status"),
+                "snapshot": snapshot.get("id"),
+            }
+        )
+    return {
+        "host": host,
+        "seq": int(state.get("seq") or 0),
+        "outbox": pending,
+        "rejected": [n for n in list_dir(host, f"{spool_dir(host)}/rejected") if n.endswith(".json")],
+        "runs": read_json(host, f"{state_dir(host)}/runs.json", {}),
+        "problems": [],
+    }
+
+
+# --- subcommand: snapshots ---------------------------------------------------------------------
+
+
+def restic_json(host: str, env: dict[str, str], argv: Sequence[str], timeout: float = 600) -> Any:
+    proc = run(host, ["restic", "--no-lock", *argv, "--json"], env=env, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        raise CheckFailed(f"{host}: restic {' '.join(argv)} failed: {proc.stderr.decode()[-1500:]}")
+    return json.loads(proc.stdout.decode() or "null")
+
+
+def job_repo_env(host: str, job: str, label: str) -> dict[str, str]:
+    doc = jobs(host)[job]
+    repo = next(r for r in doc["repositories"] if r["name"] == label)
+    return {"RESTIC_REPOSITORY_FILE": repo["repository_file"], "RESTIC_PASSWORD_FILE": repo["password_file"]}
+
+
+def maintenance_repo(hub: str, name: str) -> Json:
+    cfg = read_json(hub, "/etc/bk/maintenance.json", {}) or {}
+    for repo in cfg.get("repositories", []):
+        if repo.get("name") == name:
+            return repo
+    raise CheckFailed(f"{hub}: /etc/bk/maintenance.json has no repository {name!r}")
+
+
+def maintenance_env(hub: str, name: str) -> dict[str, str]:
+    repo = maintenance_repo(hub, name)
+    return {"RESTIC_REPOSITORY_FILE": repo["repository_file"], "RESTIC_PASSWORD_FILE": repo["password_file"]}
+
+
+def hub_data_dir(hub: str) -> str:
+    cfg = read_json(hub, "/etc/bk/hub.json", {}) or {}
+    return cfg.get("data_dir") or "/srv/bk-hub"
+
+
+def cmd_snapshots(args: argparse.Namespace) -> Json:
+    """Snapshots of a client's job as the client sees them, and the hub's snapshot files."""
+    env = job_repo_env(args.host, args.job, args.repository_label)
+    snaps = restic_json(args.host, env, ["snapshots"]) or []
+    cfg = jobs(args.host)[args.job]
+    url = read_file(args.host, env["RESTIC_REPOSITORY_FILE"]) or ""
+    hub_repo = repo_name_from_url(url.strip())
+    on_hub = list_dir(args.hub, f"{hub_data_dir(args.hub)}/{hub_repo}/snapshots")
+    problems = [
+        f"{args.host}: snapshot {s['id'][:12]} is not in {hub_repo}/snapshots on {args.hub}"
+        for s in snaps
+        if s["id"] not in on_hub
+    ]
+    return {
+        "host": args.host,
+        "job": args.job,
+        "paths": cfg.get("paths"),
+        "hub_repository": hub_repo,
+        "snapshots": [
+            {"id": s["id"], "time": s["time"], "paths": s.get("paths"), "tags": s.get("tags")} for s in snaps
+        ],
+        "latest": max(snaps, key=lambda s: s["time"])["id"] if snaps else None,
+        "hub_snapshot_files": on_hub,
+        "problems": problems,
+    }
+
+
+# --- subcommand: append-only ---------------------------------------------------------------------
+
+
+def cmd_append_only(args: argparse.Namespace) -> Json:
+    """A client cannot forget its own snapshot, nor read another client's repository."""
+    host, other = args.host, args.other
+    env = job_repo_env(host, args.job, args.repository_label)
+    before = restic_json(host, env, ["snapshots"]) or []
+    problems: list[str] = []
+    if not before:
+        return {"problems": [f"{host}: no snapshot to try forgetting"]}
+    victim = max(before, key=lambda s: s["time"])["id"]
+    started = time.monotonic()
+    forget = run(host, ["restic", "forget", victim], env=env, check=False, timeout=300)
+    forget_seconds = time.monotonic() - started
+    forget_err = forget.stderr.decode("utf-8", "replace")
+    if forget.returncode == 0:
+        problems.append(f"{host}: restic forget {victim[:12]} succeeded against the append-only hub")
+    if "403" not in forget_err and "Forbidden" not in forget_err:
+        problems.append(f"{host}: restic forget failed but not with 403 Forbidden: {forget_err[-400:]}")
+    after = restic_json(host, env, ["snapshots"]) or []
+    if victim not in {s["id"] for s in after}:
+        problems.append(f"{host}: snapshot {victim[:12]} is gone after the refused forget")
+    url = (read_file(host, env["RESTIC_REPOSITORY_FILE"]) or "").strip()
+    own = repo_name_from_url(url)
+    foreign_url = url.rstrip("/")[: -len(own)] + other + "/"
+    # restic with this client's credentials against the other client's repository; the URL
+    # goes through a 0600 file, as the runner passes it.
+    scratch = "/run/bk-molecule-foreign.repository"
+    run(host, ["install", "-m", "0600", "/dev/stdin", scratch], stdin=foreign_url.encode())
+    foreign = run(
+        host,
+        ["restic", "--no-lock", "snapshots"],
+        env={"RESTIC_REPOSITORY_FILE": scratch, "RESTIC_PASSWORD_FILE": env["RESTIC_PASSWORD_FILE"]},
+        check=False,
+        timeout=300,
+    )
+    run(host, ["rm", "-f", scratch])
+    foreign_err = foreign.stderr.decode("utf-8", "replace").replace(url, "<own url>").replace(foreign_url, "<url>")
+    if foreign.returncode == 0:
+        problems.append(f"{host}: could list snapshots of {other}'s repository")
+    # The raw REST protocol too: the other repository's config file and snapshot listing,
+    # with the credential in a curl config read from stdin.
+    parsed = urllib.parse.urlsplit(foreign_url.removeprefix("rest:"))
+    netloc = (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
+    user = f"{urllib.parse.unquote(parsed.username or '')}:{urllib.parse.unquote(parsed.password or '')}"
+    codes = {}
+    for path in ("config", "snapshots/"):
+        target = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path + path, "", ""))
+        curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20", "-K", "-"]
+        proc = run(host, curl, stdin=f'url = "{target}"\nuser = "{user}"\n'.encode(), check=False)
+        codes[path] = proc.stdout.decode().strip()
+    if any(code != "403" for code in codes.values()):
+        problems.append(f"{host}: HTTP answers for {other}'s repository with {host}'s credential: {codes} (want 403)")
+    return {
+        "host": host,
+        "forget_snapshot": victim,
+        "forget_exit": forget.returncode,
+        "forget_seconds": round(forget_seconds, 1),
+        "forget_error": forget_err.strip().splitlines()[-3:],
+        "snapshot_still_there": victim in {s["id"] for s in after},
+        "other": other,
+        "foreign_restic_exit": foreign.returncode,
+        "foreign_restic_error": foreign_err.strip().splitlines()[-2:],
+        "foreign_http": codes,
+        "problems": problems,
+    }
+
+
+# --- subcommand: tree (sha256 of every file under paths) -------------------------------------------
+
+TREE_SCRIPT = r"""
+import hashlib, json, os, stat, sys
+root, subs = sys.argv[1], sys.argv[2:]
+out = {}
+for sub in subs or [""]:
+    base = os.path.join(root, sub.lstrip("/")) if sub else root
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = "link:" + os.readlink(full)
+            elif stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(full, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                out[rel] = "%o:%s" % (stat.S_IMODE(st.st_mode), h.hexdigest())
+print(json.dumps(out))
+"""
+
+
+def tree(host: str, root: str, subs: Sequence[str] = ()) -> dict[str, str]:
+    return json.loads(text(host, ["python3", "-c", TREE_SCRIPT, root, *subs]))
+
+
+def compare_trees(a: dict[str, str], b: dict[str, str], label: str) -> list[str]:
+    problems = []
+    missing = sorted(set(a) - set(b))
+    extra = sorted(set(b) - set(a))
+    differ = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    if missing:
+        problems.append(f"{label}: missing {missing[:10]}")
+    if extra:
+        problems.append(f"{label}: unexpected {extra[:10]}")
+    if differ:
+        problems.append(f"{label}: content or mode differs for {differ[:10]}")
+    if not a:
+        problems.append(f"{label}: the source has no files")
+    return problems
+
+
+def cmd_compare(args: argparse.Namespace) -> Json:
+    """Compare files under SRC_HOST:SRC_ROOT/SUB with DST_HOST:DST_ROOT/SUB (sha256 and mode)."""
+    src = tree(args.src_host, args.src_root, args.sub)
+    dst = tree(args.dst_host, args.dst_root, args.sub)
+    return {
+        "files": sum(1 for v in src.values() if not v.startswith("link:")),
+        "links": sum(1 for v in src.values() if v.startswith("link:")),
+        "problems": compare_trees(src, dst, f"{args.dst_host}:{args.dst_root}"),
+    }
+
+
+# --- subcommand: offsite ----------------------------------------------------------------------
+
+
+def rclone_conf(hub: str, path: str) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for raw in (read_file(hub, path) or "").splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            current[key.strip()] = value.strip()
+    return sections
+
+
+def offsite_repository(hub: str, dest: Json, repo: str) -> tuple[str, dict[str, str]]:
+    """The restic repository URL and environment that read the offsite copy of `repo` directly."""
+    remote = dest["remote"].rstrip("/")
+    name, _, rest = remote.partition(":")
+    conf = rclone_conf(hub, dest["rclone_config"]).get(name, {})
+    kind = conf.get("type", "local" if not rest else "")
+    if kind == "alias":
+        target = conf.get("remote", "")
+        return offsite_repository(hub, dict(dest, remote=target + ("/" if rest else "") + rest), repo)
+    if kind == "local" or remote.startswith("/"):
+        path = rest if ":" in remote else remote
+        return f"{path}/{repo}", {}
+    if kind == "s3":
+        endpoint = conf["endpoint"].rstrip("/")
+        env = {
+            "AWS_ACCESS_KEY_ID": conf.get("access_key_id", ""),
+            "AWS_SECRET_ACCESS_KEY": conf.get("secret_access_key", ""),
+        }
+        if conf.get("region"):
+            env["AWS_DEFAULT_REGION"] = conf["region"]
+        return f"s3:{endpoint}/{rest.strip('/')}/{repo}", env
+    raise CheckFailed(f"{hub}: offsite remote type {kind!r} is not readable by this check")
+
+
+def cmd_offsite(args: argparse.Namespace) -> Json:
+    """Read an offsite copy with restic directly: list, check --read-data, restore, compare."""
+    hub = args.hub
+    dest = read_json(hub, f"/etc/bk/offsite/{args.destination}.json")
+    if not isinstance(dest, dict):
+        raise CheckFailed(f"{hub}: no /etc/bk/offsite/{args.destination}.json")
+    problems: list[str] = []
+    repos = []
+    for client, job in (item.split(":", 1) for item in args.client_jobs):
+        env_hub = maintenance_env(hub, client)
+        hub_snaps = {s["id"] for s in restic_json(hub, env_hub, ["snapshots"]) or []}
+        url, env = offsite_repository(hub, dest, client)
+        env = {**env, "RESTIC_REPOSITORY": url, "RESTIC_PASSWORD_FILE": env_hub["RESTIC_PASSWORD_FILE"]}
+        snaps = restic_json(hub, env, ["snapshots"]) or []
+        ids = {s["id"] for s in snaps}
+        if not hub_snaps <= ids:
+            problems.append(
+                f"{args.destination}/{client}: snapshots on the hub missing offsite: {sorted(hub_snaps - ids)[:5]}"
+            )
+        check = run(hub, ["restic", "--no-lock", "check", "--read-data"], env=env, check=False, timeout=900)
+        check_out = check.stdout.decode("utf-8", "replace")
+        if check.returncode != 0 or "no errors were found" not in check_out:
+            problems.append(
+                f"{args.destination}/{client}: restic check --read-data: exit {check.returncode}: "
+                f"{check_out[-300:]} {check.stderr.decode()[-300:]}"
+            )
+        cfg = jobs(client)[job]
+        own = [s for s in snaps if sorted(s.get("paths") or []) == sorted(cfg.get("paths") or [])]
+        compared = 0
+        if not own:
+            problems.append(f"{args.destination}/{client}: no offsite snapshot of job {job}")
+        else:
+            latest = max(own, key=lambda s: s["time"])
+            target = f"/var/tmp/bk-molecule/offsite-{args.destination}-{client}"
+            run(hub, ["rm", "-rf", target])
+            restore = run(
+                hub,
+                ["restic", "--no-lock", "restore", latest["id"], "--target", target],
+                env=env,
+                check=False,
+                timeout=900,
+            )
+            if restore.returncode != 0:
+                problems.append(f"{args.destination}/{client}: restore failed: {restore.stderr.decode()[-300:]}")
+            else:
+                for path in cfg.get("paths") or []:
+                    src = tree(client, path)
+                    dst = tree(hub, target + path)
+                    compared += sum(1 for v in src.values() if not v.startswith("link:"))
+                    problems += compare_trees(src, dst, f"{args.destination}/{client}:{path}")
+            run(hub, ["rm", "-rf", target])
+        repos.append(
+            {
+                "repository": client,
+                "url": re.sub(r"//[^/@]*@", "//", url),
+                "snapshots_offsite": len(ids),
+                "snapshots_on_hub": len(hub_snaps),
+                "check_read_data": check.returncode == 0,
+                "files_compared": compared,
+            }
+        )
+    return {"destination": args.destination, "mode": dest.get("mode"), "repositories": repos, "problems": problems}
+
+
+# --- subcommand: retention ---------------------------------------------------------------------
+
+
+def _bucketers() -> dict[str, Callable[[dt.datetime, int], Any]]:
+    return {
+        "keep_last": lambda t, n: n,
+        "keep_hourly": lambda t, n: (t.year, t.month, t.day, t.hour),
+        "keep_daily": lambda t, n: (t.year, t.month, t.day),
+        "keep_weekly": lambda t, n: t.isocalendar()[:2],
+        "keep_monthly": lambda t, n: (t.year, t.month),
+        "keep_yearly": lambda t, n: t.year,
+    }
+
+
+def parse_time(value: str) -> dt.datetime:
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value)
+    if not match:
+        raise CheckFailed(f"cannot parse restic time {value!r}")
+    frac = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    return dt.datetime.fromisoformat(match.group(1) + frac + zone)
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    """restic durations: 1y2m3d4h (y = 365 d and m = 30 d are what restic does for `within`)."""
+    days = hours = 0
+    for number, unit in re.findall(r"(\d+)([ymdh])", value):
+        n = int(number)
+        if unit == "y":
+            days += 365 * n
+        elif unit == "m":
+            days += 30 * n
+        elif unit == "d":
+            days += n
+        else:
+            hours += n
+    return dt.timedelta(days=days, hours=hours)
+
+
+def expected_forget(snapshots: list[Json], policy: Json, group_by: str) -> tuple[set[str], set[str]]:
+    """restic's forget policy, applied independently: (kept ids, removed ids)."""
+    fields = [f.strip() for f in (group_by or "host,paths").split(",") if f.strip()]
+    groups: dict[str, list[Json]] = {}
+    for snap in snapshots:
+        key = []
+        for field in fields:
+            if field == "host":
+                key.append(snap.get("hostname", ""))
+            elif field == "paths":
+                key.append(",".join(sorted(snap.get("paths") or [])))
+            elif field == "tags":
+                key.append(",".join(sorted(snap.get("tags") or [])))
+        groups.setdefault("|".join(key), []).append(snap)
+    kept: set[str] = set()
+    removed: set[str] = set()
+    for group in groups.values():
+        members = sorted(group, key=lambda s: parse_time(s["time"]), reverse=True)
+        counters = {k: int(policy[k]) for k in _bucketers() if policy.get(k)}
+        last: dict[str, Any] = {}
+        newest = parse_time(members[0]["time"])
+        within = parse_duration(policy["keep_within"]) if policy.get("keep_within") else None
+        tags = set(policy.get("keep_tags") or [])
+        for index, snap in enumerate(members):
+            when = parse_time(snap["time"]).astimezone(dt.UTC)
+            keep = False
+            if tags and tags & set(snap.get("tags") or []):
+                keep = True
+            if within is not None and parse_time(snap["time"]) > newest - within:
+                keep = True
+            for rule, bucket in _bucketers().items():
+                if counters.get(rule, 0) > 0:
+                    value = bucket(when, index)
+                    if last.get(rule, object()) != value:
+                        keep = True
+                        last[rule] = value
+                        counters[rule] -= 1
+            (kept if keep else removed).add(snap["id"])
+    return kept, removed
+
+
+def cmd_retention(args: argparse.Namespace) -> Json:
+    """before: record the hub's snapshots and the expected result; after: compare."""
+    hub = args.hub
+    state_file = Path(args.state)
+    if args.phase == "before":
+        plan = {}
+        for repo in args.repos:
+            cfg = maintenance_repo(hub, repo)
+            snaps = restic_json(hub, maintenance_env(hub, repo), ["snapshots"]) or []
+            kept, removed = expected_forget(snaps, cfg["policy"], cfg.get("group_by") or "host,paths")
+            plan[repo] = {
+                "policy": cfg["policy"],
+                "group_by": cfg.get("group_by") or "host,paths",
+                "before": sorted(s["id"] for s in snaps),
+                "expect_kept": sorted(kept),
+                "expect_removed": sorted(removed),
+            }
+        state_file.write_text(json.dumps(plan))
+        problems = [
+            f"{r}: the policy would remove nothing; the test proves nothing"
+            for r, p in plan.items()
+            if not p["expect_removed"]
+        ]
+        return {
+            "plan": {r: {k: (len(v) if isinstance(v, list) else v) for k, v in p.items()} for r, p in plan.items()},
+            "problems": problems,
+        }
+    plan = json.loads(state_file.read_text())
+    reporter = Reporter(args.via)
+    problems = []
+    result = {}
+    forgets = [d for d, _, _ in manifests(reporter.events(hub)) if d.get("kind") == "forget"]
+    for repo, expect in plan.items():
+        snaps = restic_json(hub, maintenance_env(hub, repo), ["snapshots"]) or []
+        now = sorted(s["id"] for s in snaps)
+        files = list_dir(hub, f"{hub_data_dir(hub)}/{repo}/snapshots")
+        if now != expect["expect_kept"]:
+            problems.append(
+                f"{repo}: after maintenance {len(now)} snapshots, policy {expect['policy']} "
+                f"keeps {len(expect['expect_kept'])}; "
+                f"wrongly removed {sorted(set(expect['expect_kept']) - set(now))[:5]}, "
+                f"wrongly kept {sorted(set(now) - set(expect['expect_kept']))[:5]}"
+            )
+        if sorted(files) != now:
+            problems.append(f"{repo}: snapshot files on the hub differ from restic's listing")
+        mine = [
+            d
+            for d in forgets
+            if (d.get("repository") or {}).get("name") == repo
+            and set((d.get("forget") or {}).get("removed") or []) & set(expect["before"])
+        ]
+        if not mine:
+            problems.append(f"{repo}: no forget manifest at the reporter for this maintenance run")
+        else:
+            latest = max(mine, key=lambda d: int(d["seq"]))
+            if sorted(latest["forget"].get("removed") or []) != expect["expect_removed"]:
+                problems.append(f"{repo}: the forget manifest's removed list differs from the policy's")
+            if latest.get("status") != "success":
+                problems.append(f"{repo}: forget manifest status {latest.get('status')}")
+        result[repo] = {
+            "before": len(expect["before"]),
+            "after": len(now),
+            "removed": len(expect["expect_removed"]),
+            "policy": expect["policy"],
+        }
+    return {"repositories": result, "problems": problems}
+
+
+# --- subcommand: secrets ---------------------------------------------------------------------------
+
+SECRET_KEYS = re.compile(r"(pass|secret|key|token|credential|account)", re.IGNORECASE)
+MIN_SECRET = 8
+
+
+def url_password(url: str) -> str | None:
+    parsed = urllib.parse.urlsplit(url.strip().removeprefix("rest:"))
+    return urllib.parse.unquote(parsed.password) if parsed.password else None
+
+
+def gather_secrets(hosts: Sequence[str]) -> dict[str, str]:
+    """label -> secret, read from where the roles put them on the hosts."""
+    found: dict[str, str] = {}
+
+    def add(label: str, value: str | None) -> None:
+        if value and len(value.strip()) >= MIN_SECRET:
+            found[label] = value.strip()
+
+    for host in hosts:
+        for job, cfg in jobs(host).items():
+            for repo in cfg.get("repositories", []):
+                add(f"{host}:{job}:{repo['name']}:password", read_file(host, repo["password_file"]))
+                url = read_file(host, repo["repository_file"]) or ""
+                add(f"{host}:{job}:{repo['name']}:credential", url_password(url))
+        maint = read_json(host, "/etc/bk/maintenance.json", {}) or {}
+        for repo in maint.get("repositories", []):
+            add(f"{host}:maintenance:{repo['name']}:password", read_file(host, repo["password_file"]))
+            add(
+                f"{host}:maintenance:{repo['name']}:credential",
+                url_password(read_file(host, repo["repository_file"]) or ""),
+            )
+        for name in list_dir(host, "/etc/bk/offsite"):
+            if not name.endswith(".json"):
+                continue
+            dest = read_json(host, f"/etc/bk/offsite/{name}", {}) or {}
+            for section, values in rclone_conf(host, dest.get("rclone_config") or "/nonexistent").items():
+                for key, value in values.items():
+                    if SECRET_KEYS.search(key):
+                        add(f"{host}:rclone:{section}:{key}", value)
+    for index, value in enumerate(filter(None, os.environ.get("BKMOL_EXTRA_SECRETS", "").split("\n"))):
+        add(f"inventory:{index}", value)
+    return found
+
+
+def secret_forms(secret: str) -> set[str]:
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        base64.b64encode(secret.encode()).decode(),
+    }
+    return {f for f in forms if len(f) >= MIN_SECRET}
+
+
+def cmd_secrets(args: argparse.Namespace) -> Json:
+    secrets = gather_secrets(args.hosts)
+    sources: dict[str, str] = {}
+    for path in args.files:
+        p = Path(path)
+        if p.is_file():
+            sources[f"file:{p.name}"] = p.read_text("utf-8", "replace")
+    for host in args.hosts:
+        sources[f"journal:{host}"] = text(host, ["journalctl", "--no-pager", "-q", "-o", "json"], check=False)
+        spool = spool_dir(host)
+        for sub in ("outbox", "rejected"):
+            for name in list_dir(host, f"{spool}/{sub}"):
+                sources[f"spool:{host}:{sub}/{name}"] = read_file(host, f"{spool}/{sub}/{name}") or ""
+    if args.via:
+        reporter = Reporter(args.via)
+        for host in args.manifest_hosts or args.hosts:
+            body = "\n".join(event_text(e) for e in reporter.events(host))
+            sources[f"manifests:{host}"] = body
+    leaks = []
+    for label, secret in secrets.items():
+        forms = secret_forms(secret)
+        for source, content in sources.items():
+            if any(form in content for form in forms):
+                leaks.append({"secret": label, "found_in": source})
+    problems = [f"secret {leak['secret']} appears in {leak['found_in']}" for leak in leaks]
+    if len(secrets) < args.min_secrets:
+        problems.append(
+            f"only {len(secrets)} secrets found on the hosts (want at least {args.min_secrets}): the scan proves little"
+        )
+    return {
+        "secrets": sorted(secrets),
+        "sources": {k: len(v) for k, v in sorted(sources.items()) if not k.startswith("spool:")},
+        "spool_files": sum(1 for k in sources if k.startswith("spool:")),
+        "bytes_scanned": sum(len(v) for v in sources.values()),
+        "leaks": leaks,
+        "problems": problems,
+    }
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subcommands reads best)
+    top = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("units", help="bk timers and services of a host")
+    p.add_argument("host")
+    p.set_defaults(func=cmd_units)
+
+    p = sub.add_parser("state", help="chain state, outbox and runs of a host")
+    p.add_argument("host")
+    p.set_defaults(func=cmd_state)
+
+    p = sub.add_parser("fire", help="make a timer elapse now and wait for its service")
+    p.add_argument("host")
+    p.add_argument("timer")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--expect", choices=["success", "any"], default="success")
+    p.set_defaults(func=cmd_fire)
+
+    p = sub.add_parser("snapshots", help="a client job's snapshots and the hub's snapshot files")
+    p.add_argument("host")
+    p.add_argument("job")
+    p.add_argument("--hub", required=True)
+    p.add_argument("--repository-label", default="hub")
+    p.set_defaults(func=cmd_snapshots)
+
+    p = sub.add_parser("chain", help="the reporter's manifests of hosts, verified against the hosts")
+    p.add_argument("--via", required=True, help="instance whose bk.json names the reporter")
+    p.add_argument("--expect-empty-outbox", action="store_true")
+    p.add_argument("hosts", nargs="+")
+    p.set_defaults(func=cmd_chain)
+
+    p = sub.add_parser("receipts", help="hub receipts confirm the clients' claimed snapshots")
+    p.add_argument("--via", required=True)
+    p.add_argument("--hub", required=True)
+    p.add_argument("--repository-label", default="hub")
+    p.add_argument("clients", nargs="+")
+    p.set_defaults(func=cmd_receipts)
+
+    p = sub.add_parser("append-only", help="forget refused; another client's repository refused")
+    p.add_argument("host")
+    p.add_argument("job")
+    p.add_argument("--other", required=True)
+    p.add_argument("--repository-label", default="hub")
+    p.set_defaults(func=cmd_append_only)
+
+    p = sub.add_parser("compare", help="compare two file trees across instances")
+    p.add_argument("src_host")
+    p.add_argument("src_root")
+    p.add_argument("dst_host")
+    p.add_argument("dst_root")
+    p.add_argument("sub", nargs="*")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("offsite", help="read an offsite copy with restic directly")
+    p.add_argument("--hub", required=True)
+    p.add_argument("destination")
+    p.add_argument("client_jobs", nargs="+", metavar="CLIENT:JOB")
+    p.set_defaults(func=cmd_offsite)
+
+    p = sub.add_parser("retention", help="the hub's maintenance removes exactly what the policy says")
+    p.add_argument("phase", choices=["before", "after"])
+    p.add_argument("--hub", required=True)
+    p.add_argument("--via", default=None)
+    p.add_argument("--state", required=True)
+    p.add_argument("repos", nargs="+")
+    p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser("secrets", help="secrets appear in no output, journal, spool or manifest")
+    p.add_argument("--via", default=None, help="scan the reporter's manifests too")
+    p.add_argument("--file", dest="files", action="append", default=[])
+    p.add_argument("--manifest-host", dest="manifest_hosts", action="append", default=[])
+    p.add_argument("--min-secrets", type=int, default=1)
+    p.add_argument("hosts", nargs="+")
+    p.set_defaults(func=cmd_secrets)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except CheckFailed as exc:
+        result = {"problems": [str(exc)]}
+    print(json.dumps(result, indent=1, sort_keys=True))
+    return 1 if result.get("problems") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
