@@ -121,10 +121,11 @@ def show(host: str, unit: str, props: Iterable[str]) -> dict[str, str]:
     return show_many(host, [unit], props)[unit]
 
 
-def show_many(host: str, units: Sequence[str], props: Iterable[str]) -> dict[str, dict[str, str]]:
+def show_many(host: str, units: Sequence[str], props: Iterable[str], *, utc: bool = False) -> dict[str, dict[str, str]]:
     """`systemctl show` of several units in one call, by unit name."""
     props = ["Id", *props]
-    argv = ["systemctl", "show", *(f"--property={p}" for p in props), "--", *units]
+    flags = ["--timestamp=us+utc"] if utc else []
+    argv = ["systemctl", "show", *flags, *(f"--property={p}" for p in props), "--", *units]
     blocks = text(host, argv).split("\n\n")
     result: dict[str, dict[str, str]] = {}
     for unit, block in zip(units, blocks, strict=False):
@@ -134,6 +135,19 @@ def show_many(host: str, units: Sequence[str], props: Iterable[str]) -> dict[str
             values[key] = value
         result[unit] = values
     return result
+
+
+def systemd_time(value: str) -> float:
+    """Epoch seconds of a systemd timestamp as `systemctl show` prints it (UTC hosts)."""
+    value = value.strip()
+    if not value or value == "n/a":
+        return 0.0
+    for fmt in ("%a %Y-%m-%d %H:%M:%S.%f %Z", "%a %Y-%m-%d %H:%M:%S %Z"):
+        try:
+            return dt.datetime.strptime(value, fmt).replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            continue
+    raise CheckFailed(f"cannot parse systemd timestamp {value!r}")
 
 
 def exec_argv(exec_start: str) -> list[str]:
@@ -455,6 +469,7 @@ def cmd_fire(args: argparse.Namespace) -> Json:
     host, timer = args.host, args.timer
     service = show(host, timer, ["Triggers"]).get("Triggers", "").split()[0]
     before = monotonic_usec(host)
+    fired_at = float(text(host, ["date", "+%s.%N"]).strip())
     dropin_dir = f"/run/systemd/system/{timer}.d"
     dropin = "[Timer]\nOnActiveSec=1s\nAccuracySec=1ms\nRandomizedDelaySec=0\n"
     run(host, ["mkdir", "-p", dropin_dir])
@@ -468,14 +483,20 @@ def cmd_fire(args: argparse.Namespace) -> Json:
         run(host, ["rmdir", "--ignore-fail-on-non-empty", dropin_dir], check=False)
         run(host, ["systemctl", "daemon-reload"])
         run(host, ["systemctl", "restart", timer])
-    timer_state = show(host, timer, ["LastTriggerUSec", "LastTriggerUSecMonotonic", "ActiveState", "Triggers"])
-    triggered = int(timer_state.get("LastTriggerUSecMonotonic") or 0)
+    timer_state = show(host, timer, ["LastTriggerUSec", "ActiveState", "Triggers"])
+    start_utc = show_many(host, [service], ["ExecMainStartTimestamp"], utc=True)[service]["ExecMainStartTimestamp"]
+    triggered = systemd_time(timer_state.get("LastTriggerUSec", ""))
+    started_at = systemd_time(start_utc)
     started = int(state["ExecMainStartTimestampMonotonic"])
     problems = []
-    if not before < triggered <= started:
-        problems.append(f"{host}: {timer} did not trigger {service} (trigger {triggered}, start {started})")
-    if started - triggered > 5_000_000:
-        problems.append(f"{host}: {service} started {(started - triggered) / 1e6:.1f} s after {timer} elapsed")
+    # LastTriggerUSec has whole seconds: the trigger is in the second of or after the firing.
+    if not (int(fired_at) <= triggered <= started_at):
+        problems.append(
+            f"{host}: {timer} did not trigger {service}: fired {fired_at:.3f}, "
+            f"last trigger {timer_state.get('LastTriggerUSec')}, service start {start_utc}"
+        )
+    if started_at - triggered > 5:
+        problems.append(f"{host}: {service} started {started_at - triggered:.1f} s after {timer} elapsed")
     if timer not in state.get("TriggeredBy", "").split():
         problems.append(f"{host}: {service} is not triggered by {timer}: {state.get('TriggeredBy')}")
     expect = args.expect
@@ -488,10 +509,11 @@ def cmd_fire(args: argparse.Namespace) -> Json:
         "host": host,
         "timer": timer,
         "service": service,
+        "fired_at_epoch": fired_at,
         "timer_last_trigger": timer_state.get("LastTriggerUSec"),
         "service_started": state["ExecMainStartTimestamp"],
         "service_exited": state["ExecMainExitTimestamp"],
-        "seconds_from_trigger_to_start": round((started - triggered) / 1e6, 3),
+        "seconds_from_trigger_to_start": round(started_at - triggered, 3),
         "duration_seconds": round((int(state["ExecMainExitTimestampMonotonic"]) - started) / 1e6, 3),
         "result": state["Result"],
         "exit_status": int(state["ExecMainStatus"] or -1),
@@ -505,7 +527,19 @@ def cmd_fire(args: argparse.Namespace) -> Json:
 
 
 def cmd_units(args: argparse.Namespace) -> Json:
-    return {"host": args.host, **bk_units(args.host), "problems": []}
+    """bk units per host, plus flat lists of what verify fires: backup jobs, the hub's services."""
+    per_host = {host: bk_units(host) for host in args.hosts}
+    flat: dict[str, list[Json]] = {"backup": [], "check": [], "offsite": []}
+    for host, units in per_host.items():
+        for verb, entries in flat.items():
+            for name, entry in sorted(units[verb].items()):
+                entries.append({"host": host, "name": name, **entry})
+    singles = {
+        verb: [{"host": h, **u[verb]} for h, u in per_host.items() if u.get(verb)]
+        for verb in ("receipts", "maintain", "flush", "reporter")
+    }
+    problems = [f"{e['host']}: {e['service']} has no timer" for e in flat["backup"] if not e["timer"]]
+    return {"hosts": per_host, **flat, **singles, "problems": problems}
 
 
 # --- subcommand: state (chain, spool, runs) -----------------------------------------------------
@@ -586,6 +620,9 @@ def cmd_snapshots(args: argparse.Namespace) -> Json:
         for s in snaps
         if s["id"] not in on_hub
     ]
+    newer = [s for s in snaps if parse_time(s["time"]).timestamp() >= args.newer_than]
+    if not newer:
+        problems.append(f"{args.host}: no snapshot of job {args.job} newer than {args.newer_than}")
     return {
         "host": args.host,
         "job": args.job,
@@ -595,6 +632,7 @@ def cmd_snapshots(args: argparse.Namespace) -> Json:
             {"id": s["id"], "time": s["time"], "paths": s.get("paths"), "tags": s.get("tags")} for s in snaps
         ],
         "latest": max(snaps, key=lambda s: s["time"])["id"] if snaps else None,
+        "newer_than": [s["id"] for s in newer],
         "hub_snapshot_files": on_hub,
         "problems": problems,
     }
@@ -766,40 +804,58 @@ def offsite_repository(hub: str, dest: Json, repo: str) -> tuple[str, dict[str, 
     raise CheckFailed(f"{hub}: offsite remote type {kind!r} is not readable by this check")
 
 
+def latest_offsite_manifest(reporter: Reporter, hub: str, destination: str, repo: str) -> Json | None:
+    found = [
+        doc
+        for doc, _, _ in manifests(reporter.events(hub))
+        if doc.get("kind") == "offsite-copy"
+        and (doc.get("repository") or {}).get("name") == repo
+        and (doc.get("offsite") or {}).get("destination") == destination
+    ]
+    return max(found, key=lambda d: int(d["seq"])) if found else None
+
+
 def cmd_offsite(args: argparse.Namespace) -> Json:
     """Read an offsite copy with restic directly: list, check --read-data, restore, compare."""
     hub = args.hub
     dest = read_json(hub, f"/etc/bk/offsite/{args.destination}.json")
     if not isinstance(dest, dict):
         raise CheckFailed(f"{hub}: no /etc/bk/offsite/{args.destination}.json")
+    reporter = Reporter(args.via) if args.via else None
     problems: list[str] = []
     repos = []
-    for client, job in (item.split(":", 1) for item in args.client_jobs):
+    for client in args.clients:
         env_hub = maintenance_env(hub, client)
         hub_snaps = {s["id"] for s in restic_json(hub, env_hub, ["snapshots"]) or []}
         url, env = offsite_repository(hub, dest, client)
         env = {**env, "RESTIC_REPOSITORY": url, "RESTIC_PASSWORD_FILE": env_hub["RESTIC_PASSWORD_FILE"]}
         snaps = restic_json(hub, env, ["snapshots"]) or []
         ids = {s["id"] for s in snaps}
+        where = f"{args.destination}/{client}"
         if not hub_snaps <= ids:
-            problems.append(
-                f"{args.destination}/{client}: snapshots on the hub missing offsite: {sorted(hub_snaps - ids)[:5]}"
-            )
+            problems.append(f"{where}: snapshots on the hub missing offsite: {sorted(hub_snaps - ids)[:5]}")
+        if reporter:
+            doc = latest_offsite_manifest(reporter, hub, args.destination, client)
+            if doc is None:
+                problems.append(f"{where}: the reporter has no offsite-copy manifest")
+            elif set(doc["offsite"].get("snapshots") or []) != ids or doc.get("status") != "success":
+                problems.append(f"{where}: the offsite-copy manifest ({doc.get('status')}) lists other snapshots")
         check = run(hub, ["restic", "--no-lock", "check", "--read-data"], env=env, check=False, timeout=900)
         check_out = check.stdout.decode("utf-8", "replace")
         if check.returncode != 0 or "no errors were found" not in check_out:
             problems.append(
-                f"{args.destination}/{client}: restic check --read-data: exit {check.returncode}: "
+                f"{where}: restic check --read-data: exit {check.returncode}: "
                 f"{check_out[-300:]} {check.stderr.decode()[-300:]}"
             )
-        cfg = jobs(client)[job]
-        own = [s for s in snaps if sorted(s.get("paths") or []) == sorted(cfg.get("paths") or [])]
         compared = 0
-        if not own:
-            problems.append(f"{args.destination}/{client}: no offsite snapshot of job {job}")
-        else:
+        file_jobs = {name: cfg for name, cfg in jobs(client).items() if cfg.get("paths") and not cfg.get("dump")}
+        for job, cfg in file_jobs.items():
+            own = [s for s in snaps if sorted(s.get("paths") or []) == sorted(cfg["paths"])]
+            if not own:
+                problems.append(f"{where}: no offsite snapshot of job {job}")
+                continue
             latest = max(own, key=lambda s: s["time"])
-            target = f"/var/tmp/bk-molecule/offsite-{args.destination}-{client}"
+            target = f"/var/tmp/bk-molecule/offsite-{args.destination}-{client}-{job}"
             run(hub, ["rm", "-rf", target])
             restore = run(
                 hub,
@@ -809,14 +865,16 @@ def cmd_offsite(args: argparse.Namespace) -> Json:
                 timeout=900,
             )
             if restore.returncode != 0:
-                problems.append(f"{args.destination}/{client}: restore failed: {restore.stderr.decode()[-300:]}")
+                problems.append(f"{where}: restore failed: {restore.stderr.decode()[-300:]}")
             else:
-                for path in cfg.get("paths") or []:
+                for path in cfg["paths"]:
                     src = tree(client, path)
                     dst = tree(hub, target + path)
                     compared += sum(1 for v in src.values() if not v.startswith("link:"))
-                    problems += compare_trees(src, dst, f"{args.destination}/{client}:{path}")
+                    problems += compare_trees(src, dst, f"{where}:{path}")
             run(hub, ["rm", "-rf", target])
+        if not file_jobs:
+            problems.append(f"{client}: no file backup job to restore from {args.destination}")
         repos.append(
             {
                 "repository": client,
@@ -824,10 +882,113 @@ def cmd_offsite(args: argparse.Namespace) -> Json:
                 "snapshots_offsite": len(ids),
                 "snapshots_on_hub": len(hub_snaps),
                 "check_read_data": check.returncode == 0,
-                "files_compared": compared,
+                "files_restored_identical": compared,
             }
         )
     return {"destination": args.destination, "mode": dest.get("mode"), "repositories": repos, "problems": problems}
+
+
+def cmd_offsite_keeps(args: argparse.Namespace) -> Json:
+    """Snapshots the hub's retention removed are still at the destination (copy never deletes)."""
+    hub = args.hub
+    dest = read_json(hub, f"/etc/bk/offsite/{args.destination}.json") or {}
+    plan = json.loads(Path(args.state).read_text())
+    problems = []
+    result = {}
+    for repo, expect in plan.items():
+        url, env = offsite_repository(hub, dest, repo)
+        env = {
+            **env,
+            "RESTIC_REPOSITORY": url,
+            "RESTIC_PASSWORD_FILE": maintenance_env(hub, repo)["RESTIC_PASSWORD_FILE"],
+        }
+        ids = {s["id"] for s in restic_json(hub, env, ["snapshots"]) or []}
+        gone = set(expect["before"]) - ids
+        if gone:
+            problems.append(f"{args.destination}/{repo}: {len(gone)} snapshots removed offsite too")
+        result[repo] = {"offsite": len(ids), "removed_on_hub_still_offsite": len(set(expect["expect_removed"]) & ids)}
+    return {"destination": args.destination, "mode": dest.get("mode"), "repositories": result, "problems": problems}
+
+
+# --- subcommand: reporter-up ------------------------------------------------------------------
+
+
+def cmd_reporter_up(args: argparse.Namespace) -> Json:
+    """Wait until the reporter answers GET /api/v1/hosts."""
+    reporter = Reporter(args.via)
+    deadline = time.monotonic() + args.timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            reporter.hosts()
+            return {"url": reporter.url, "problems": []}
+        except (CheckFailed, ValueError) as exc:
+            last = str(exc)
+            time.sleep(1)
+    return {"url": reporter.url, "problems": [f"the reporter did not answer within {args.timeout} s: {last[-300:]}"]}
+
+
+# --- subcommand: pg-restore -------------------------------------------------------------------
+
+PG_FINGERPRINT = r"""
+set -euo pipefail
+db=$1
+q() { runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -d "$db" -c "$1"; }
+for t in $(q "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+              WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"); do
+  echo "$t $(q "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, E'
+' ORDER BY x::text)), '-') FROM $t x")"
+done
+runuser -u postgres -- pg_dump --schema-only --no-owner --no-privileges "$db" |
+  grep -v -E '^(--|SET |SELECT pg_catalog)' | md5sum
+"""
+
+
+def cmd_pg_restore(args: argparse.Namespace) -> Json:
+    """Restore the job's latest database dump from the hub into a fresh database and compare."""
+    host = args.host
+    cfg = jobs(host)[args.job]
+    dump = cfg.get("dump") or {}
+    database = dump.get("database")
+    filename = dump.get("filename") or f"{database}.pgdump"
+    env = job_repo_env(host, args.job, args.repository_label)
+    snaps = [s for s in restic_json(host, env, ["snapshots"]) or [] if any(filename in p for p in s.get("paths") or [])]
+    if not snaps:
+        return {"problems": [f"{host}: no snapshot of job {args.job} holds {filename}"]}
+    latest = max(snaps, key=lambda s: s["time"])
+    listing = restic_json(host, env, ["ls", latest["id"]]) or []
+    files = [n for n in (listing if isinstance(listing, list) else [listing]) if isinstance(n, dict)]
+    entries = [n.get("path") for n in files if n.get("type") == "file"]
+    path = next((p for p in entries if p and p.endswith("/" + filename.lstrip("/"))), None)
+    if not path:
+        return {"problems": [f"{host}: snapshot {latest['id'][:12]} has no file {filename}: {entries[:5]}"]}
+    fresh = args.fresh
+    run(host, ["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", fresh])
+    run(host, ["runuser", "-u", "postgres", "--", "createdb", fresh])
+    script = (
+        'set -o pipefail; restic --no-lock dump "$1" "$2" | '
+        'runuser -u postgres -- pg_restore --no-owner --exit-on-error -d "$3"'
+    )
+    restore = run(host, ["bash", "-c", script, "restore", latest["id"], path, fresh], env=env, check=False, timeout=900)
+    problems = []
+    if restore.returncode != 0:
+        problems.append(f"{host}: restic dump | pg_restore failed: {restore.stderr.decode()[-500:]}")
+    original = text(host, ["bash", "-c", PG_FINGERPRINT, "fp", database]).splitlines()
+    restored = text(host, ["bash", "-c", PG_FINGERPRINT, "fp", fresh]).splitlines()
+    if original != restored:
+        problems.append(f"{host}: {fresh} differs from {database}: {sorted(set(original) ^ set(restored))[:6]}")
+    tables = original[:-1]
+    if not tables or all(line.split()[1] == "0" for line in tables):
+        problems.append(f"{host}: {database} has no data; the comparison proves nothing")
+    run(host, ["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", fresh])
+    return {
+        "host": host,
+        "snapshot": latest["id"],
+        "dump_file": path,
+        "tables": {line.split()[0]: int(line.split()[1]) for line in tables},
+        "schema_md5_equal": original[-1:] == restored[-1:],
+        "problems": problems,
+    }
 
 
 # --- subcommand: retention ---------------------------------------------------------------------
@@ -928,11 +1089,9 @@ def cmd_retention(args: argparse.Namespace) -> Json:
                 "expect_removed": sorted(removed),
             }
         state_file.write_text(json.dumps(plan))
-        problems = [
-            f"{r}: the policy would remove nothing; the test proves nothing"
-            for r, p in plan.items()
-            if not p["expect_removed"]
-        ]
+        problems = []
+        if not any(p["expect_removed"] for p in plan.values()):
+            problems.append("the policies would remove nothing: the test would prove nothing")
         return {
             "plan": {r: {k: (len(v) if isinstance(v, list) else v) for k, v in p.items()} for r, p in plan.items()},
             "problems": problems,
@@ -1079,8 +1238,8 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     top = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("units", help="bk timers and services of a host")
-    p.add_argument("host")
+    p = sub.add_parser("units", help="bk timers and services of hosts")
+    p.add_argument("hosts", nargs="+")
     p.set_defaults(func=cmd_units)
 
     p = sub.add_parser("state", help="chain state, outbox and runs of a host")
@@ -1099,6 +1258,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("job")
     p.add_argument("--hub", required=True)
     p.add_argument("--repository-label", default="hub")
+    p.add_argument("--newer-than", type=float, default=0, help="epoch seconds: a snapshot at least this new exists")
     p.set_defaults(func=cmd_snapshots)
 
     p = sub.add_parser("chain", help="the reporter's manifests of hosts, verified against the hosts")
@@ -1131,9 +1291,28 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
 
     p = sub.add_parser("offsite", help="read an offsite copy with restic directly")
     p.add_argument("--hub", required=True)
+    p.add_argument("--via", default=None, help="check the reporter's offsite-copy manifests too")
     p.add_argument("destination")
-    p.add_argument("client_jobs", nargs="+", metavar="CLIENT:JOB")
+    p.add_argument("clients", nargs="+")
     p.set_defaults(func=cmd_offsite)
+
+    p = sub.add_parser("offsite-keeps", help="what retention removed on the hub is still offsite")
+    p.add_argument("--hub", required=True)
+    p.add_argument("--state", required=True, help="the plan written by `retention before`")
+    p.add_argument("destination")
+    p.set_defaults(func=cmd_offsite_keeps)
+
+    p = sub.add_parser("reporter-up", help="wait until the reporter answers")
+    p.add_argument("--via", required=True)
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(func=cmd_reporter_up)
+
+    p = sub.add_parser("pg-restore", help="restore a job's database dump into a fresh database and compare")
+    p.add_argument("host")
+    p.add_argument("job")
+    p.add_argument("--fresh", default="bk_molecule_restored")
+    p.add_argument("--repository-label", default="hub")
+    p.set_defaults(func=cmd_pg_restore)
 
     p = sub.add_parser("retention", help="the hub's maintenance removes exactly what the policy says")
     p.add_argument("phase", choices=["before", "after"])
@@ -1159,7 +1338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except CheckFailed as exc:
         result = {"problems": [str(exc)]}
-    print(json.dumps(result, indent=1, sort_keys=True))
+    # Credentials in URLs never leave this program, whatever a tool printed.
+    print(re.sub(r"//[^/@\s\"]*:[^/@\s\"]*@", "//***@", json.dumps(result, indent=1, sort_keys=True)))
     return 1 if result.get("problems") else 0
 
 
