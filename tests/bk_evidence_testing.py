@@ -1,0 +1,210 @@
+"""Test helpers for bk_evidence: real OpenSSH keys and loopback stand-ins for the reporter.
+
+Every socket here is bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from bk_evidence import manifest, sshsig
+
+KEY_SPECS = {
+    "ed25519": ["-t", "ed25519"],
+    "ecdsa256": ["-t", "ecdsa", "-b", "256"],
+    "ecdsa384": ["-t", "ecdsa", "-b", "384"],
+    "ecdsa521": ["-t", "ecdsa", "-b", "521"],
+    "rsa": ["-t", "rsa", "-b", "3072"],
+}
+
+
+def make_key(directory: Path, kind: str = "ed25519", name: str | None = None) -> Path:
+    """A fresh unencrypted OpenSSH private key made by ssh-keygen; its .pub is beside it."""
+    path = directory / (name or f"key_{kind}")
+    subprocess.run(["ssh-keygen", "-q", *KEY_SPECS[kind], "-N", "", "-C", kind, "-f", str(path)], check=True)
+    return path
+
+
+def public_line(private_key: Path) -> str:
+    return Path(str(private_key) + ".pub").read_text().strip()
+
+
+class FakeReporter:
+    """The reporter's batch endpoint, strictly: verify, validate, store append-only, per-item answers.
+
+    ``keys`` maps host names to allowed public key lines. ``force_status`` answers every batch with
+    that HTTP status instead (to simulate outages)."""
+
+    def __init__(self, keys: dict[str, list[str]]) -> None:
+        self.keys = keys
+        self.stored: dict[str, str] = {}
+        self.by_position: dict[tuple[str, int], str] = {}
+        self.requests = 0
+        self.force_status: int | None = None
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeReporter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def manifests(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(text) for text in self.stored.values()]
+
+    def answer(self, item: object) -> dict:
+        if not isinstance(item, dict) or not isinstance(item.get("manifest"), str) or "signature" not in item:
+            return {"status": 400, "code": "bad_envelope", "message": "not an envelope"}
+        text = item["manifest"]
+        try:
+            doc = manifest.loads_strict(text)
+        except manifest.ManifestError as exc:
+            return {"status": 400, "code": exc.code, "message": exc.message}
+        try:
+            sshsig.verify(text.encode(), item["signature"], self.keys.get(str(doc.get("host")), []))
+        except sshsig.SignatureError as exc:
+            return {"status": 401, "code": "bad_signature", "message": str(exc), "id": doc.get("id")}
+        problems = manifest.validate(doc)
+        if problems:
+            return {"status": 422, "code": "schema", "message": "; ".join(problems), "id": doc.get("id")}
+        return self._store(doc, text)
+
+    def _store(self, doc: dict, text: str) -> dict:
+        with self.lock:
+            known = self.stored.get(doc["id"])
+            if known is not None:
+                status = 200 if known == text else 409
+                return {"status": status, "code": "duplicate", "message": "known id", "id": doc["id"]}
+            position = (doc["host"], doc["seq"])
+            if position in self.by_position:
+                return {"status": 409, "code": "fork", "message": "seq taken", "id": doc["id"]}
+            self.stored[doc["id"]] = text
+            self.by_position[position] = doc["id"]
+        return {"status": 201, "code": "stored", "message": "stored", "id": doc["id"]}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        reporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                with reporter.lock:
+                    reporter.requests += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if reporter.force_status is not None:
+                    self._send(reporter.force_status, {"code": "forced", "message": "simulated"})
+                elif self.path != "/api/v1/manifests/batch":
+                    self._send(404, {"code": "not_found", "message": self.path})
+                else:
+                    try:
+                        items = json.loads(body)
+                    except ValueError:
+                        self._send(400, {"code": "bad_json", "message": "not JSON"})
+                        return
+                    self._send(200, [reporter.answer(item) for item in items])
+
+            def _send(self, status: int, value: object) -> None:
+                data = json.dumps(value).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[str]:
+    """A loopback URL where nothing listens: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield "http://127.0.0.1:%d" % port
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """A loopback URL whose server accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_forever() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    try:
+        yield "http://127.0.0.1:%d" % server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+@contextlib.contextmanager
+def dropping_listener() -> Iterator[str]:
+    """A loopback URL where SYN packets are dropped: the listen backlog is full, never accepted."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # after the backlog fills, the kernel drops further connection attempts
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield "http://127.0.0.1:%d" % port
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+
+
+@contextlib.contextmanager
+def hanging_up_listener() -> Iterator[str]:
+    """A loopback URL whose server accepts each connection and closes it at once."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def hang_up() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        yield "http://127.0.0.1:%d" % server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()

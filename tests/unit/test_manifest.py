@@ -1,0 +1,283 @@
+"""Manifest schema v1: one source of truth, a validator that agrees with jsonschema, strict parsing."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bk_evidence import manifest
+
+REPO = Path(__file__).resolve().parents[2]
+HEX64 = "0123456789abcdef" * 4
+JSONSCHEMA = jsonschema.Draft202012Validator(
+    manifest.JSON_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+
+
+def required_only(**changes: object) -> dict:
+    doc = {
+        "schema": "bk.manifest/v1",
+        "id": "5f0c6c55-1b8a-4f2e-9a59-2b8f1d5c9e11",
+        "host": "web1",
+        "seq": 1,
+        "prev": None,
+        "kind": "backup",
+        "status": "failure",
+        "started_at": "2024-05-01T02:00:00+02:00",
+        "finished_at": "2024-05-01T00:00:01Z",
+    }
+    doc.update(changes)
+    return doc
+
+
+def full_backup() -> dict:
+    return required_only(
+        status="success",
+        prev=HEX64,
+        seq=7,
+        job="home",
+        repository={"name": "hub", "url": "rest:https://hub.example:8000/web1/", "id": HEX64},
+        snapshot={
+            "id": HEX64,
+            "short_id": "01234567",
+            "paths": ["/home"],
+            "tags": ["daily"],
+            "parent": None,
+            "time": "2024-05-01T00:00:00.123456789Z",
+        },
+        stats={"files_new": 1, "data_added": 10, "total_duration": 1.5},
+        cadence_seconds=86400,
+        error={"exit_code": None, "stderr_tail": "", "message": "ok"},
+        tools={"restic": "0.14.0", "bk": "0.1.0"},
+        future_field={"kept": True},
+    )
+
+
+VALID = {
+    "required only": required_only(),
+    "full backup": full_backup(),
+    "hub receipt": required_only(
+        kind="hub-receipt",
+        repository={"name": "web1"},
+        receipt={"snapshots": [{"id": HEX64, "size": 300, "arrived_at": "2024-05-01T00:00:00Z"}]},
+    ),
+    "offsite": required_only(kind="offsite-copy", offsite={"destination": "b2", "mode": "copy", "snapshots": [HEX64]}),
+    "forget": required_only(kind="forget", forget={"policy": {"keep_daily": 7}, "removed": [HEX64], "kept": []}),
+    "prune": required_only(kind="prune", prune={"max_unused": "5%", "pruned_blobs": 3, "pruned_size": "1.2 MiB"}),
+    "drill": required_only(kind="drill", restore={"snapshot": "01234567", "files_checked": 3, "mismatches": 0}),
+    "ansible run": required_only(
+        kind="ansible-run",
+        host="controller",
+        ansible_run={"playbook": "site.yml", "hosts": ["web1"], "counts": {"ok": 3}, "duration_seconds": 2.5},
+    ),
+    "integer-valued float": required_only(seq=2.0),
+}
+
+INVALID = {
+    "missing id": {k: v for k, v in required_only().items() if k != "id"},
+    "wrong schema": required_only(schema="bk.manifest/v2"),
+    "unknown kind": required_only(kind="copy"),
+    "unknown status": required_only(status="ok"),
+    "seq zero": required_only(seq=0),
+    "seq boolean": required_only(seq=True),
+    "seq float": required_only(seq=1.5),
+    "prev not hex": required_only(prev="XYZ"),
+    "prev upper-case": required_only(prev=HEX64.upper()),
+    "no offset": required_only(started_at="2024-05-01T00:00:00"),
+    "not a date": required_only(finished_at="2024-13-01T00:00:00Z"),
+    "id not a uuid": required_only(id="123"),
+    "credentials in url": required_only(repository={"name": "hub", "url": "rest:https://web1:secret@hub/web1/"}),
+    "short snapshot id": required_only(snapshot={"id": "01234567"}),
+    "negative count": required_only(stats={"files_new": -1}),
+    "tool version not a string": required_only(tools={"restic": 14}),
+    "long stderr": required_only(error={"stderr_tail": "x" * 5000}),
+    "receipt without arrival": required_only(receipt={"snapshots": [{"id": HEX64}]}),
+    "bad host name": required_only(host="web 1"),
+    "zero cadence": required_only(cadence_seconds=0),
+    "mode": required_only(offsite={"destination": "b2", "mode": "sync"}),
+}
+
+
+def test_published_schema_is_generated_from_the_code() -> None:
+    published = json.loads((REPO / "docs" / "schema" / "manifest-v1.json").read_text())
+    assert published == manifest.JSON_SCHEMA, (
+        "regenerate: python -m bk_evidence.manifest > docs/schema/manifest-v1.json"
+    )
+
+
+def test_schema_is_valid_draft_2020_12() -> None:
+    jsonschema.Draft202012Validator.check_schema(manifest.JSON_SCHEMA)
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_valid_fixtures(name: str) -> None:
+    assert manifest.validate(VALID[name]) == []
+    assert JSONSCHEMA.is_valid(VALID[name])
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_fixtures(name: str) -> None:
+    assert manifest.validate(INVALID[name]) != []
+    assert not JSONSCHEMA.is_valid(INVALID[name])
+
+
+@pytest.mark.parametrize("kind", manifest.KINDS)
+def test_required_fields_are_enough_for_every_kind(kind: str) -> None:
+    assert manifest.validate(required_only(kind=kind)) == []
+
+
+def test_finished_before_started_is_invalid() -> None:
+    problems = manifest.validate(required_only(started_at="2024-05-01T00:00:02Z", finished_at="2024-05-01T00:00:01Z"))
+    assert problems == ["$.finished_at: before started_at"]
+
+
+def test_errors_name_the_field() -> None:
+    assert manifest.validate(required_only(stats={"files_new": -1})) == ["$.stats.files_new: must be at least 0"]
+
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(-2, 2, allow_nan=False),
+    st.sampled_from(["", "x", HEX64, "01234567", "2024-05-01T00:00:00Z", "b2", "copy", "backup", "web 1"]),
+)
+PATHS = sorted(
+    {
+        ("seq",),
+        ("prev",),
+        ("kind",),
+        ("status",),
+        ("host",),
+        ("started_at",),
+        ("job",),
+        ("cadence_seconds",),
+        ("repository",),
+        ("repository", "name"),
+        ("repository", "id"),
+        ("snapshot",),
+        ("snapshot", "id"),
+        ("snapshot", "parent"),
+        ("snapshot", "tags"),
+        ("stats", "files_new"),
+        ("stats", "total_duration"),
+        ("error", "exit_code"),
+        ("tools", "restic"),
+        ("tools", "new_tool"),
+        ("future_field",),
+    }
+)
+
+
+@settings(max_examples=500)
+@given(path=st.sampled_from(PATHS), value=st.one_of(SCALARS, st.lists(SCALARS, max_size=2)))
+def test_validator_agrees_with_jsonschema_on_mutations(path: tuple[str, ...], value: object) -> None:
+    doc = copy.deepcopy(full_backup())
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert (manifest.validate(doc) == []) == JSONSCHEMA.is_valid(doc)
+
+
+TIMES = st.datetimes(
+    min_value=datetime.datetime(2000, 1, 1),
+    max_value=datetime.datetime(2100, 1, 1),
+    timezones=st.sampled_from([datetime.timezone.utc, datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))]),
+)
+SECTIONS = st.fixed_dictionaries(
+    {},
+    optional={
+        "job": st.from_regex(r"\A[a-z][a-z0-9_.-]{0,20}\Z"),
+        "cadence_seconds": st.integers(1, 10**7),
+        "stats": st.fixed_dictionaries(
+            {"files_new": st.integers(0, 10**9), "data_added": st.integers(0, 10**15)},
+            optional={"total_duration": st.floats(0, 10**5)},
+        ),
+        "error": st.fixed_dictionaries(
+            {"exit_code": st.one_of(st.none(), st.integers(-255, 255)), "message": st.text(max_size=200)}
+        ),
+        "receipt": st.fixed_dictionaries(
+            {
+                "snapshots": st.lists(
+                    st.fixed_dictionaries({"id": st.just(HEX64), "arrived_at": st.just("2024-01-01T00:00:00Z")})
+                )
+            }
+        ),
+    },
+)
+
+
+@settings(max_examples=300)
+@given(
+    kind=st.sampled_from(manifest.KINDS),
+    status=st.sampled_from(manifest.STATUSES),
+    start=TIMES,
+    duration=st.timedeltas(min_value=datetime.timedelta(0), max_value=datetime.timedelta(days=3)),
+    sections=SECTIONS,
+    seq=st.integers(1, 10**9),
+    prev=st.one_of(st.none(), st.just(HEX64)),
+)
+def test_builder_output_is_valid_and_round_trips(
+    kind: str,
+    status: str,
+    start: datetime.datetime,
+    duration: datetime.timedelta,
+    sections: dict,
+    seq: int,
+    prev: str | None,
+) -> None:
+    doc = manifest.new_manifest(kind, status, start, start + duration, **sections)
+    doc.update(host="web1", seq=seq, prev=prev)
+    assert manifest.validate(doc) == []
+    assert JSONSCHEMA.is_valid(doc)
+    text = manifest.dumps(doc)
+    assert manifest.loads_strict(text) == doc
+    assert manifest.dumps(manifest.loads_strict(text)) == text
+    assert manifest.parse_timestamp(doc["started_at"]) == start
+
+
+def test_builder_drops_empty_sections_and_needs_aware_times() -> None:
+    now = manifest.utc_now()
+    doc = manifest.new_manifest("check", "success", now, now, error=None, job="home")
+    assert "error" not in doc and doc["job"] == "home"
+    with pytest.raises(ValueError):
+        manifest.new_manifest("check", "success", datetime.datetime(2024, 1, 1), now)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{", "invalid_json"),
+        ('{"a": 1, "a": 2}', "duplicate_key"),
+        ('{"a": NaN}', "non_finite_number"),
+        ('{"a": -Infinity}', "non_finite_number"),
+        ("[1]", "not_an_object"),
+        ('"x"', "not_an_object"),
+        ('{"a":' + "[" * 40 + "]" * 40 + "}", "too_deep"),
+        ('{"a":' + "[" * 100000 + "]" * 100000 + "}", "too_deep"),
+    ],
+)
+def test_loads_strict_refuses(text: str, code: str) -> None:
+    with pytest.raises(manifest.ManifestError) as caught:
+        manifest.loads_strict(text)
+    assert caught.value.code == code
+
+
+def test_loads_strict_depth_limit_is_32() -> None:
+    assert manifest.loads_strict('{"a":' + "[" * 31 + "]" * 31 + "}")
+    with pytest.raises(manifest.ManifestError, match="deeper"):
+        manifest.loads_strict('{"a":' + "[" * 32 + "]" * 32 + "}")
+
+
+def test_sha256_is_of_utf8_bytes() -> None:
+    assert manifest.sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert manifest.sha256_hex("é") == hashlib.sha256(b"\xc3\xa9").hexdigest()
