@@ -49,7 +49,7 @@ class FakeReporter:
         self.force_status: int | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeReporter:
@@ -134,7 +134,7 @@ def refusing_port() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    yield "http://127.0.0.1:%d" % port
+    yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
@@ -155,7 +155,7 @@ def silent_listener() -> Iterator[str]:
     thread = threading.Thread(target=accept_forever, daemon=True)
     thread.start()
     try:
-        yield "http://127.0.0.1:%d" % server.getsockname()[1]
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
     finally:
         stop.set()
         thread.join()
@@ -179,7 +179,7 @@ def dropping_listener() -> Iterator[str]:
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
     try:
-        yield "http://127.0.0.1:%d" % port
+        yield f"http://127.0.0.1:{port}"
     finally:
         for filler in fillers:
             filler.close()
@@ -203,7 +203,7 @@ def hanging_up_listener() -> Iterator[str]:
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
     try:
-        yield "http://127.0.0.1:%d" % server.getsockname()[1]
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
     finally:
         stop.set()
         thread.join()

@@ -191,7 +191,7 @@ def test_validator_agrees_with_jsonschema_on_mutations(path: tuple[str, ...], va
 TIMES = st.datetimes(
     min_value=datetime.datetime(2000, 1, 1),
     max_value=datetime.datetime(2100, 1, 1),
-    timezones=st.sampled_from([datetime.timezone.utc, datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))]),
+    timezones=st.sampled_from([datetime.UTC, datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))]),
 )
 SECTIONS = st.fixed_dictionaries(
     {},

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from bk_evidence_testing import KEY_SPECS, make_key, public_line
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,9 +112,6 @@ def _ssh_string(value: bytes) -> bytes:
 
 
 def test_sha1_rsa_signatures_are_refused(keys: dict[str, Path]) -> None:
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
-
     private = serialization.load_ssh_private_key(keys["rsa"].read_bytes(), None)
     public_blob = base64.b64decode(public_line(keys["rsa"]).split()[1])
     data = sshsig.signed_data(MESSAGE, sshsig.NAMESPACE)
