@@ -531,9 +531,11 @@ def cmd_units(args: argparse.Namespace) -> Json:
     per_host = {host: bk_units(host) for host in args.hosts}
     flat: dict[str, list[Json]] = {"backup": [], "check": [], "offsite": []}
     for host, units in per_host.items():
+        configs = jobs(host) if units["backup"] else {}
         for verb, entries in flat.items():
             for name, entry in sorted(units[verb].items()):
-                entries.append({"host": host, "name": name, **entry})
+                extra = {"dump": bool((configs.get(name) or {}).get("dump"))} if verb == "backup" else {}
+                entries.append({"host": host, "name": name, **entry, **extra})
     singles = {
         verb: [{"host": h, **u[verb]} for h, u in per_host.items() if u.get(verb)]
         for verb in ("receipts", "maintain", "flush", "reporter")
