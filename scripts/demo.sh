@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# `make demo` / `make demo-down`: a lab fleet backed up by bk, shown by its reporter.
+#
+#   scripts/demo.sh up     build what is missing (the lab image), start the lab fleet
+#                          (podman containers with systemd), run playbooks/site.yml,
+#                          fire every backup through its systemd timer, let the hub
+#                          sign its receipts and copy offsite, run a restore drill,
+#                          then serve the reporter on http://127.0.0.1:8080 and prove,
+#                          with a screenshot, that every host has a confirmed backup.
+#   scripts/demo.sh down   stop the port forward and remove the lab fleet.
+#   scripts/demo.sh status what is running.
+#
+# Idempotent: a second `up` reuses the image, the running containers and the
+# forward; site.yml changes nothing the second time; backups run again.
+# Environment: BK_DEMO_INVENTORY (default: the lab inventory in tests/lab/),
+# BK_DEMO_PORT (default 8080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+PORT=${BK_DEMO_PORT:-8080}
+STATE=.cache/demo
+FORWARD_PID=$STATE/forward.pid
+FORWARD_LOG=$STATE/forward.log
+BKMOL=molecule/default/files/bkmol.py
+OUTPUT=tests/output
+STARTED=$SECONDS
+STEP=0
+STEPS=9
+
+say() { printf '\033[1m==> demo: %s\033[0m\n' "$*" >&2; }
+step() {
+  STEP=$((STEP + 1))
+  printf '\n\033[1;34m[%d/%d %4ds] %s\033[0m\n' "$STEP" "$STEPS" "$((SECONDS - STARTED))" "$*" >&2
+}
+die() { printf '\033[1;31mdemo: %s\033[0m\n' "$*" >&2; exit 1; }
+
+inventory() {
+  if [ -n "${BK_DEMO_INVENTORY:-}" ]; then
+    echo "$BK_DEMO_INVENTORY"
+    return
+  fi
+  local candidate
+  for candidate in tests/lab/inventory tests/lab/inventory.yml tests/lab/hosts.yml tests/lab/inventory.ini; do
+    [ -e "$candidate" ] && { echo "$candidate"; return; }
+  done
+  die "no lab inventory in tests/lab/ (set BK_DEMO_INVENTORY)"
+}
+
+# Hosts of a group of the lab inventory, one per line.
+group_hosts() {
+  ansible-inventory -i "$INVENTORY" --list 2>/dev/null |
+    python3 -c 'import json, sys
+inv = json.load(sys.stdin)
+def hosts(group, seen=()):
+    node = inv.get(group, {})
+    out = list(node.get("hosts", []))
+    for child in node.get("children", []):
+        if child not in seen:
+            out += hosts(child, seen + (group,))
+    return out
+print("\n".join(dict.fromkeys(hosts(sys.argv[1]))))' "$1"
+}
+
+# Runs one check or action of the lab helper and prints a one-line summary of it.
+bkmol() {
+  local out rc=0
+  out=$(python3 "$BKMOL" "$@") || rc=$?
+  printf '%s\n' "$out" | python3 -c 'import json, sys
+r = json.load(sys.stdin)
+keys = ["host", "timer", "result", "duration_seconds", "destination"]
+line = ", ".join(f"{k}={r[k]}" for k in keys if k in r)
+print("    " + (line or "ok") + ("" if not r.get("problems") else "  PROBLEMS: " + "; ".join(r["problems"])))' >&2
+  return $rc
+}
+
+reporter_target() {
+  # The reporter's address on the lab network and the port its clients deliver to.
+  local reporter url port ip
+  reporter=$(group_hosts bk_reporter | head -n1)
+  [ -n "$reporter" ] || die "the lab inventory has no bk_reporter host"
+  url=$(podman exec "$reporter" python3 -c 'import json; print(json.load(open("/etc/bk/bk.json")).get("reporter_url") or "")' 2>/dev/null || true)
+  if [ -z "$url" ]; then
+    local client
+    client=$(group_hosts bk_clients | head -n1)
+    url=$(podman exec "$client" python3 -c 'import json; print(json.load(open("/etc/bk/bk.json")).get("reporter_url") or "")')
+  fi
+  port=$(python3 -c 'import sys, urllib.parse; u = urllib.parse.urlsplit(sys.argv[1]); print(u.port or (443 if u.scheme == "https" else 80))' "$url")
+  ip=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$reporter" | awk '{print $1}')
+  [ -n "$ip" ] || die "cannot find $reporter's address"
+  echo "$ip $port"
+}
+
+FORWARDER='
+import asyncio, sys
+listen_port, target_host, target_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+async def handle(client_reader, client_writer):
+    try:
+        reader, writer = await asyncio.open_connection(target_host, target_port)
+    except OSError:
+        client_writer.close()
+        return
+    await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
+    print(f"forwarding 127.0.0.1:{listen_port} to {target_host}:{target_port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+'
+
+forward_running() {
+  [ -s "$FORWARD_PID" ] || return 1
+  local pid
+  pid=$(head -n1 "$FORWARD_PID")
+  kill -0 "$pid" 2>/dev/null && grep -q "bk-demo-forward" "/proc/$pid/cmdline" 2>/dev/null
+}
+
+forward_start() {
+  local ip=$1 port=$2 want="$1:$2"
+  mkdir -p "$STATE"
+  if forward_running && [ "$(sed -n 2p "$FORWARD_PID")" = "$want" ]; then
+    say "port forward 127.0.0.1:$PORT -> $want already running (pid $(head -n1 "$FORWARD_PID"))"
+    return
+  fi
+  forward_stop
+  if python3 -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$PORT"; then
+    die "127.0.0.1:$PORT is taken by another program; set BK_DEMO_PORT"
+  fi
+  setsid python3 -c "$FORWARDER" "$PORT" "$ip" "$port" bk-demo-forward >"$FORWARD_LOG" 2>&1 </dev/null &
+  printf '%s\n%s\n' "$!" "$want" >"$FORWARD_PID"
+  local _
+  for _ in $(seq 1 50); do
+    python3 -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$PORT" && break
+    sleep 0.1
+  done
+  say "port forward 127.0.0.1:$PORT -> $want (pid $(head -n1 "$FORWARD_PID"))"
+}
+
+forward_stop() {
+  if forward_running; then
+    local pid
+    pid=$(head -n1 "$FORWARD_PID")
+    kill "$pid" 2>/dev/null || true
+    say "stopped the port forward (pid $pid)"
+  fi
+  rm -f "$FORWARD_PID"
+}
+
+wait_reporter() {
+  local _
+  for _ in $(seq 1 60); do
+    curl -fsS -o /dev/null --max-time 3 "http://127.0.0.1:$PORT/api/v1/hosts" && return 0
+    sleep 1
+  done
+  die "the reporter does not answer on http://127.0.0.1:$PORT/api/v1/hosts"
+}
+
+up() {
+  [ "$(id -u)" = 0 ] || die "run as root (rootful podman): sudo make demo"
+  INVENTORY=$(inventory)
+
+  step "lab image (built once, cached)"
+  scripts/lab-image.sh
+
+  step "lab fleet: podman containers with systemd ($(group_hosts all | tr '\n' ' '))"
+  scripts/lab.sh up
+
+  step "ansible-playbook playbooks/site.yml (hub, reporter, clients, offsite)"
+  ansible-playbook -i "$INVENTORY" playbooks/site.yml
+
+  local hosts units
+  mapfile -t hosts < <(group_hosts all)
+  units=$(python3 "$BKMOL" units "${hosts[@]}") || die "bk units missing: $units"
+
+  step "backups: every client job fired through its systemd timer"
+  local line
+  while read -r line; do
+    # shellcheck disable=SC2086
+    bkmol fire $line --timeout 600
+  done < <(printf '%s' "$units" | python3 -c 'import json, sys
+for e in json.load(sys.stdin)["backup"]:
+    print(e["host"], e["timer"])')
+
+  step "hub: signed receipts and offsite copies (through their timers)"
+  while read -r line; do
+    # shellcheck disable=SC2086
+    bkmol fire $line --timeout 600
+  done < <(printf '%s' "$units" | python3 -c 'import json, sys
+u = json.load(sys.stdin)
+for e in u["receipts"] + u["offsite"]:
+    print(e["host"], e["timer"])')
+
+  step "restore drill (playbooks/drill.yml): a signed drill manifest"
+  ansible-playbook -i "$INVENTORY" playbooks/drill.yml
+
+  step "reporter: http://127.0.0.1:$PORT"
+  local target
+  target=$(reporter_target)
+  # shellcheck disable=SC2086
+  forward_start $target
+  wait_reporter
+
+  step "check: every lab host has a confirmed backup (API + screenshot)"
+  mkdir -p "$OUTPUT"
+  BK_REPORTER_URL="http://127.0.0.1:$PORT" BK_SCREENSHOT=demo-overview.png \
+    pytest -p no:cacheprovider -q tests/lab/test_demo_overview.py
+
+  step "done in $((SECONDS - STARTED)) s"
+  cat >&2 <<EOF
+
+  bk demo is up. Look at:
+    Reporter (UI)         http://127.0.0.1:$PORT/
+    Hosts and jobs (API)  http://127.0.0.1:$PORT/api/v1/hosts
+    Events (API)          http://127.0.0.1:$PORT/api/v1/events?host=$(group_hosts bk_clients | head -n1)
+    Screenshot            $OUTPUT/demo-overview.png
+    The fleet             scripts/lab.sh status
+    A host's timers       podman exec $(group_hosts bk_clients | head -n1) systemctl list-timers 'bk-*'
+    Back up now           ansible-playbook -i $INVENTORY playbooks/backup_now.yml
+    Restore drill         ansible-playbook -i $INVENTORY playbooks/drill.yml
+
+  Stop it with:  make demo-down
+EOF
+}
+
+down() {
+  step "stop the port forward"
+  forward_stop
+  step "remove the lab fleet"
+  scripts/lab.sh down
+  say "the lab image stays cached (podman rmi localhost/bk-lab:12 removes it)"
+}
+
+status() {
+  scripts/lab.sh status
+  if forward_running; then
+    echo "port forward 127.0.0.1:$PORT -> $(sed -n 2p "$FORWARD_PID") (pid $(head -n1 "$FORWARD_PID"))"
+  else
+    echo "no port forward"
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) STEPS=2; down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
