@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# Keys the reporter may use for the parts of a host/job entry this test reads.
-SUCCESS_KEYS = ("last_success", "last_success_at", "last_successful_at")
-CONFIRM_KEYS = ("confirmed", "hub_confirmed", "receipt_confirmed", "confirmed_by_hub")
-
 
 def get_json(path: str) -> Any:
     with urllib.request.urlopen(URL + path, timeout=10) as answer:
@@ -56,7 +53,7 @@ def get_json(path: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def hosts_api() -> Any:
+def hosts_api() -> dict[str, Any]:
     try:
         return get_json("/api/v1/hosts")
     except (urllib.error.URLError, OSError) as exc:
@@ -65,45 +62,45 @@ def hosts_api() -> Any:
         pytest.skip(f"no reporter at {URL} (start one with `make demo`)")
 
 
-def entries(payload: Any) -> list[dict[str, Any]]:
-    """Host entries of /api/v1/hosts: a list, or an object holding the list."""
-    if isinstance(payload, dict):
-        for key in ("hosts", "items", "data"):
-            if isinstance(payload.get(key), list):
-                return payload[key]
-        return [dict(v, host=k) if isinstance(v, dict) else {"host": k} for k, v in payload.items()]
-    return list(payload)
+def backup_jobs(host: dict[str, Any]) -> list[dict[str, Any]]:
+    return [job for job in host.get("jobs") or [] if job.get("kind") == "backup"]
 
 
-def host_name(entry: dict[str, Any]) -> str:
-    return str(entry.get("host") or entry.get("name") or "")
+def expected_hosts(hosts_api: dict[str, Any]) -> list[str]:
+    return EXPECT or sorted(h["host"] for h in hosts_api["hosts"] if backup_jobs(h))
 
 
-def backup_jobs(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """The entry's backup jobs (entries may be per host with `jobs`, or per host and job)."""
-    jobs = entry.get("jobs")
-    rows = jobs if isinstance(jobs, list) else [entry]
-    return [j for j in rows if (j.get("kind") or "backup") == "backup" and (j.get("job") or j.get("name"))]
-
-
-def confirmed(job: dict[str, Any]) -> bool:
-    succeeded = any(job.get(k) for k in SUCCESS_KEYS) or job.get("status") == "success"
-    flags = [job[k] for k in CONFIRM_KEYS if k in job]
-    return bool(succeeded and (all(bool(f) for f in flags) if flags else True))
-
-
-def test_every_host_has_a_confirmed_backup(hosts_api: Any) -> None:
+def test_every_host_has_a_confirmed_backup(hosts_api: dict[str, Any]) -> None:
+    """Per host: a backup job whose last run succeeded, and its snapshot confirmed by a hub receipt."""
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    (OUTPUT / (Path(SHOT).stem + "-hosts.json")).write_text(json.dumps(hosts_api, indent=2, sort_keys=True))
-    by_host: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries(hosts_api):
-        by_host.setdefault(host_name(entry), []).extend(backup_jobs(entry))
-    expected = EXPECT or sorted(h for h, jobs in by_host.items() if jobs)
+    evidence: dict[str, Any] = {"hosts": hosts_api}
+    by_host = {h["host"]: h for h in hosts_api["hosts"]}
+    expected = expected_hosts(hosts_api)
     assert expected, f"the reporter lists no host with a backup job: {hosts_api}"
     missing = [h for h in expected if h not in by_host]
     assert not missing, f"hosts missing from /api/v1/hosts: {missing}"
-    unconfirmed = {h: by_host[h] for h in expected if not any(confirmed(j) for j in by_host[h])}
-    assert not unconfirmed, f"hosts without a confirmed backup: {json.dumps(unconfirmed, default=str)[:2000]}"
+    problems = []
+    for name in expected:
+        detail = get_json(f"/api/v1/hosts/{urllib.parse.quote(name)}")
+        evidence[name] = detail
+        received = {s["snapshot_id"] for s in detail.get("snapshots") or [] if s.get("received")}
+        good = [
+            job
+            for job in backup_jobs(by_host[name])
+            if job["last_status"] == "success"
+            and job["last_success_at"]
+            and job["state"] == "ok"
+            and job["last_snapshot_id"] in received
+        ]
+        if not good:
+            problems.append(
+                f"{name}: no backup job with a successful, hub-confirmed last snapshot: {backup_jobs(by_host[name])}"
+            )
+        chain = by_host[name].get("chain") or {}
+        if chain.get("missing") or chain.get("breaks"):
+            problems.append(f"{name}: the reporter sees a broken chain: {chain}")
+    (OUTPUT / (Path(SHOT).stem + "-hosts.json")).write_text(json.dumps(evidence, indent=2, sort_keys=True))
+    assert not problems, "\n".join(problems)
 
 
 def test_overview_screenshot(hosts_api: Any, tmp_path: Path) -> None:
@@ -124,7 +121,7 @@ def test_overview_screenshot(hosts_api: Any, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert shot.stat().st_size > 1000, "the screenshot is empty"
-    names = EXPECT or sorted(host_name(e) for e in entries(hosts_api) if backup_jobs(e))
+    names = expected_hosts(hosts_api)
     if "text/html" in (answer.headers.get("content-type") or ""):
         absent = [h for h in names if h not in body]
         assert not absent, f"the overview page does not show {absent}"

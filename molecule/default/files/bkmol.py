@@ -247,32 +247,50 @@ class Reporter:
         if not self.url:
             raise CheckFailed(f"{via}: /etc/bk/bk.json has no reporter_url")
 
-    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        argv = ["curl", "-sS", "--fail-with-body", "--max-time", "20"]
+    def _curl(self) -> list[str]:
+        argv = ["curl", "-sS", "--max-time", "20"]
         if self.ca_file and self.url.startswith("https:"):
             argv += ["--cacert", self.ca_file]
-        body = text(self.via, [*argv, url])
+        return argv
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        body = text(self.via, [*self._curl(), "--fail-with-body", url])
         return json.loads(body)
 
+    def get_many(self, paths: Sequence[str]) -> list[Any]:
+        """Several GETs in one curl run (one document per line, in order)."""
+        config = "".join(f'url = "{self.url}{p}"\nwrite-out = "\\n"\n' for p in paths)
+        lines = [
+            line for line in text(self.via, [*self._curl(), "-K", "-"], stdin=config.encode()).splitlines() if line
+        ]
+        if len(lines) != len(paths):
+            raise CheckFailed(f"asked the reporter for {len(paths)} documents, got {len(lines)}")
+        return [json.loads(line) for line in lines]
+
     def events(self, host: str) -> list[Json]:
-        """Every stored manifest of a host (all kinds), oldest first, following pagination."""
-        out: list[Json] = []
+        """Every stored event of a host (all kinds) with its manifest text and signature.
+
+        Events never change once stored, so their details are cached on disk by id.
+        """
+        listed: list[Json] = []
         params: dict[str, str] = {"host": host, "limit": "1000"}
-        seen: set[str] = set()
-        for _ in range(100):
+        for _ in range(1000):
             page = self.get("/api/v1/events", params)
-            items = page.get("events", page.get("items")) if isinstance(page, dict) else page
-            if not isinstance(items, list):
-                raise CheckFailed(f"unexpected /api/v1/events answer: {str(page)[:300]}")
-            fresh = [e for e in items if event_id(e) not in seen]
-            out.extend(fresh)
-            seen.update(event_id(e) for e in fresh)
-            cursor = page.get("next") if isinstance(page, dict) else None
-            if not cursor or not fresh:
+            listed.extend(page["events"])
+            if not page.get("next_cursor"):
                 break
-            params = {"host": host, "limit": "1000", "cursor": str(cursor)}
-        return out
+            params = {"host": host, "limit": "1000", "cursor": page["next_cursor"]}
+        cache = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or tempfile.gettempdir()) / "bkmol-events"
+        cache.mkdir(parents=True, exist_ok=True)
+        wanted = [e["id"] for e in listed if not (cache / f"{e['id']}.json").exists()]
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            for event_id, doc in zip(chunk, self.get_many([f"/api/v1/events/{i}" for i in chunk]), strict=True):
+                if not isinstance(doc, dict) or "manifest" not in doc:
+                    raise CheckFailed(f"event {event_id}: no manifest in the reporter's answer: {str(doc)[:300]}")
+                (cache / f"{event_id}.json").write_text(json.dumps(doc))
+        return [json.loads((cache / f"{e['id']}.json").read_text()) for e in listed]
 
     def hosts(self) -> Any:
         return self.get("/api/v1/hosts")
