@@ -8,13 +8,17 @@ when we are root the server runs as the `postgres` system user.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote
 
 SERVER_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -73,10 +77,18 @@ class LocalCluster:
 
     # -- running the server binaries -------------------------------------------------
 
+    def _server_user_name(self) -> str:
+        """As root: the owner of an existing cluster (whoever initialised it), else `postgres`."""
+        try:
+            owner = self.data_dir.stat().st_uid
+        except FileNotFoundError:
+            return _server_user().pw_name
+        return pwd.getpwuid(owner).pw_name if owner != 0 else _server_user().pw_name
+
     def _as_server_user(self, argv: list[str]) -> list[str]:
         if os.geteuid() != 0:
             return argv
-        return ["runuser", "-u", "postgres", "--", *argv]
+        return ["runuser", "-u", self._server_user_name(), "--", *argv]
 
     def _run(self, argv: list[str]) -> None:
         result = subprocess.run(self._as_server_user(argv), capture_output=True, text=True, check=False)
@@ -86,7 +98,7 @@ class LocalCluster:
     def _hand_to_server_user(self, path: Path) -> None:
         if os.geteuid() != 0:
             return
-        entry = _server_user()
+        entry = pwd.getpwnam(self._server_user_name())
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _check_reachable_by_server_user(self) -> None:
@@ -111,7 +123,15 @@ class LocalCluster:
 
     @property
     def running(self) -> bool:
-        return (self.data_dir / "postmaster.pid").is_file() and (self.socket_dir / ".s.PGSQL.5432").exists()
+        """True when a postmaster is alive for this data directory (a stale pid file is not enough)."""
+        if not self.initialised or not (self.data_dir / "postmaster.pid").exists():
+            return False
+        status = subprocess.run(
+            self._as_server_user([str(find_server_bin() / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+            capture_output=True,
+            check=False,
+        )
+        return status.returncode == 0
 
     def init(self) -> None:
         if self.initialised:
@@ -138,7 +158,7 @@ class LocalCluster:
         self._run([pg_ctl, "-D", str(self.data_dir), "-l", str(log), "-o", options, "-w", "start"])
 
     def stop(self) -> None:
-        if not self.initialised or not (self.data_dir / "postmaster.pid").exists():
+        if not self.running:
             return
         self._run([str(find_server_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
 
@@ -150,3 +170,63 @@ class LocalCluster:
         """A libpq URL that reaches this cluster through its socket."""
         host = quote(str(self.socket_dir), safe="")
         return f"postgresql://{quote(user or self.superuser)}@/{quote(dbname)}?host={host}"
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_only_holder(fd: int) -> bool:
+    """Whether our shared lock on `fd` can become exclusive, i.e. nobody else holds one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class ClusterLease:
+    """Shared use of one LocalCluster by several processes: the first starts it, the last stops it.
+
+    `<base>.lock` serialises starting and stopping. Every user holds a shared lock on
+    `<base>.users` while it uses the cluster, so a user leaving can tell whether it is the
+    last one (an exclusive lock is then free) and only then stops the server. A user that
+    dies releases its lock with it; the cluster then stays up until the next last user leaves.
+    """
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self._start_lock = cluster.base.with_name(cluster.base.name + ".lock")
+        self._users_lock = cluster.base.with_name(cluster.base.name + ".users")
+        self._users_fd: int | None = None
+
+    def __enter__(self) -> LocalCluster:
+        self.cluster.base.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self._start_lock):
+            self._users_fd = os.open(self._users_lock, os.O_RDONLY | os.O_CREAT, 0o644)
+            fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+            try:
+                self.cluster.start()
+            except BaseException:
+                self._leave()
+                raise
+        return self.cluster
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with _exclusive_lock(self._start_lock):
+            if self._users_fd is not None and _is_only_holder(self._users_fd):
+                self.cluster.stop()
+            self._leave()
+
+    def _leave(self) -> None:
+        if self._users_fd is not None:
+            os.close(self._users_fd)
+            self._users_fd = None

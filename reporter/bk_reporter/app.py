@@ -1,0 +1,232 @@
+"""The reporter's ASGI application (Starlette): ingest, fleet state, events, metrics."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from . import fleet, metrics, openapi
+from .ingest import Limits, Outcome, parse_json_body
+from .receive import receive
+from .settings import Settings
+
+log = logging.getLogger("bk_reporter.app")
+
+# An envelope escapes its manifest as a JSON string: allow room for that around the manifest limit.
+ENVELOPE_OVERHEAD_FACTOR = 2
+ENVELOPE_SIGNATURE_ALLOWANCE = 64 * 1024
+RETRY_AFTER_SECONDS = "30"
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is over the limit of {limit} bytes")
+
+
+def _answer(outcome: Outcome) -> JSONResponse:
+    return JSONResponse(outcome.as_json(), status_code=outcome.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed `limit` (declared or counted)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Reporter:
+    """The application's state: settings, the connection pool and the ingest counters."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.limits = Limits(
+            max_manifest_bytes=settings.max_manifest_bytes,
+            future_tolerance=timedelta(seconds=settings.future_tolerance_seconds),
+        )
+        self.pool = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=settings.pool_size,
+            kwargs={"autocommit": True, "application_name": "bk-reporter"},
+            open=False,
+        )
+        self.counters = metrics.IngestCounters()
+
+    @property
+    def single_body_limit(self) -> int:
+        return self.settings.max_manifest_bytes * ENVELOPE_OVERHEAD_FACTOR + ENVELOPE_SIGNATURE_ALLOWANCE
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def post_manifest(self, request: Request) -> Response:
+        try:
+            body = await _read_body(request, self.single_body_limit)
+        except _TooLarge as exc:
+            return self._counted("single", Outcome(413, "too_large", str(exc)))
+        parsed = parse_json_body(body)
+        if isinstance(parsed, Outcome):
+            return self._counted("single", parsed)
+        async with self.pool.connection() as conn:
+            (outcome,) = await receive(conn, [parsed], self.limits)
+        return self._counted("single", outcome)
+
+    async def post_batch(self, request: Request) -> Response:
+        try:
+            body = await _read_body(request, self.settings.max_batch_bytes)
+        except _TooLarge as exc:
+            return self._counted("batch", Outcome(413, "too_large", str(exc)))
+        parsed = parse_json_body(body)
+        if isinstance(parsed, Outcome):
+            return self._counted("batch", parsed)
+        if not isinstance(parsed, list):
+            return self._counted("batch", Outcome(400, "not_a_list", "a batch is a JSON list of envelopes"))
+        if len(parsed) > self.settings.max_batch_items:
+            limit = self.settings.max_batch_items
+            return self._counted("batch", Outcome(413, "too_many_items", f"a batch holds at most {limit} envelopes"))
+        async with self.pool.connection() as conn:
+            outcomes = await receive(conn, parsed, self.limits)
+        self.counters.count("batch", 200, outcomes)
+        by_code: dict[str, int] = {}
+        for outcome in outcomes:
+            by_code[outcome.code] = by_code.get(outcome.code, 0) + 1
+        log.info("batch", extra={"items": len(outcomes), "outcomes": by_code})
+        return JSONResponse([outcome.as_json() for outcome in outcomes])
+
+    def _counted(self, endpoint: str, outcome: Outcome) -> Response:
+        self.counters.count(endpoint, outcome.status, [outcome])
+        level = logging.DEBUG if outcome.status in (200, 201) else logging.INFO
+        log.log(level, "manifest", extra={"status": outcome.status, "code": outcome.code, "id": outcome.manifest_id})
+        return _answer(outcome)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _rows(self, query: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(query, params)
+            return await cursor.fetchall()
+
+    async def list_hosts(self, request: Request) -> Response:
+        hosts = await self._rows(fleet.HOST_ROWS)
+        jobs = await self._rows(fleet.JOB_ROWS)
+        return JSONResponse(fleet.fleet_document(hosts, jobs, datetime.now(UTC)))
+
+    async def get_host(self, request: Request) -> Response:
+        name = request.path_params["host"]
+        no_such_host = Outcome(404, "no_such_host", "no such host: neither enrolled nor reporting")
+        if not fleet.usable_text(name):
+            return _answer(no_such_host)
+        params = {"host": name, "limit": fleet.HOST_DETAIL_LIMIT}
+        host_rows = await self._rows(fleet.ONE_HOST_ROW, params)
+        if not host_rows:
+            return _answer(no_such_host)
+        details = fleet.HostDetails(
+            keys=await self._rows(fleet.HOST_KEYS, params),
+            gaps=await self._rows(fleet.CHAIN_GAPS, params),
+            breaks=await self._rows(fleet.CHAIN_BREAKS, params),
+            snapshots=await self._rows(fleet.HOST_SNAPSHOTS, {"host": name, "limit": fleet.HOST_SNAPSHOTS_LIMIT}),
+        )
+        jobs = await self._rows(fleet.ONE_HOST_JOB_ROWS, params)
+        return JSONResponse(fleet.host_detail_document(host_rows[0], jobs, details, datetime.now(UTC)))
+
+    async def list_events(self, request: Request) -> Response:
+        try:
+            query = fleet.event_query(request.query_params)
+        except fleet.BadParameter as exc:
+            return _answer(Outcome(400, "bad_parameter", str(exc)))
+        statement, params = fleet.events_sql(query)
+        return JSONResponse(fleet.events_page_document(await self._rows(statement, params), query))
+
+    async def get_event(self, request: Request) -> Response:
+        try:
+            event_id = uuid.UUID(request.path_params["id"])
+        except ValueError:
+            event_id = None
+        rows = await self._rows(fleet.EVENT_DETAIL, {"id": event_id}) if event_id else []
+        if not rows:
+            return _answer(Outcome(404, "no_such_event", "no event with this id is stored"))
+        return JSONResponse(fleet.event_document(rows[0]))
+
+    async def metrics(self, request: Request) -> Response:
+        jobs = await self._rows(metrics.METRICS_JOB_ROWS)
+        hosts = await self._rows(metrics.METRICS_HOST_ROWS)
+        return PlainTextResponse(
+            metrics.exposition(jobs, hosts, self.counters), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def health(self, request: Request) -> Response:
+        await self._rows("SELECT 1")
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.pool.open(wait=True)
+        await self._warn_if_role_may_rewrite()
+        log.info("serving", extra={"settings": self.settings.public_view()})
+        try:
+            yield
+        finally:
+            await self.pool.close()
+
+    async def _warn_if_role_may_rewrite(self) -> None:
+        rows = await self._rows(
+            "SELECT current_user AS role, has_table_privilege('events', 'UPDATE') AS can_update,"
+            " has_table_privilege('events', 'DELETE') AS can_delete"
+        )
+        if rows[0]["can_update"] or rows[0]["can_delete"]:
+            log.warning(
+                "the application's database role may update or delete events; only triggers protect them. "
+                "Connect as the application role (app_role) instead",
+                extra={"role": rows[0]["role"]},
+            )
+
+
+def _unavailable(request: Request, exc: Exception) -> Response:
+    log.error("database unavailable", extra={"error": str(exc), "path": request.url.path})
+    outcome = Outcome(503, "unavailable", "the reporter's database is unreachable; retry later")
+    return JSONResponse(outcome.as_json(), status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def create_app(settings: Settings, database_url: str) -> Starlette:
+    reporter = Reporter(settings, database_url)
+    routes = [
+        Route("/api/v1/manifests", reporter.post_manifest, methods=["POST"]),
+        Route("/api/v1/manifests/batch", reporter.post_batch, methods=["POST"]),
+        Route("/api/v1/hosts", reporter.list_hosts, methods=["GET"]),
+        Route("/api/v1/hosts/{host}", reporter.get_host, methods=["GET"]),
+        Route("/api/v1/events", reporter.list_events, methods=["GET"]),
+        Route("/api/v1/events/{id}", reporter.get_event, methods=["GET"]),
+        Route("/api/v1/openapi.json", reporter.openapi, methods=["GET"]),
+        Route("/metrics", reporter.metrics, methods=["GET"]),
+        Route("/healthz", reporter.health, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=reporter.lifespan,
+        exception_handlers={psycopg.OperationalError: _unavailable, PoolTimeout: _unavailable},
+    )
+    app.state.reporter = reporter
+    return app

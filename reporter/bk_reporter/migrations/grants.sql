@@ -1,0 +1,9 @@
+-- Privileges of the application role (setting app_role, written {app} below), re-applied by
+-- `bk-reporter migrate` after the numbered migrations. The application reads everything and
+-- may add events, nothing else: derived state is written by the owner's trigger function.
+
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO {app};
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app};
+GRANT INSERT ON events TO {app};
+REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM {app};
