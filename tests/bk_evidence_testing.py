@@ -47,6 +47,7 @@ class FakeReporter:
         self.by_position: dict[tuple[str, int], str] = {}
         self.requests = 0
         self.force_status: int | None = None
+        self.max_items: int | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -114,6 +115,9 @@ class FakeReporter:
                         items = json.loads(body)
                     except ValueError:
                         self._send(400, {"code": "bad_json", "message": "not JSON"})
+                        return
+                    if reporter.max_items is not None and len(items) > reporter.max_items:
+                        self._send(413, {"code": "too_large", "message": "too many items"})
                         return
                     self._send(200, [reporter.answer(item) for item in items])
 

@@ -1,0 +1,301 @@
+"""bk-run against a real restic 0.14 repository, with a loopback reporter up, down, or silent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import jsonschema
+import pytest
+from bk_evidence_testing import (
+    FakeReporter,
+    dropping_listener,
+    make_key,
+    public_line,
+    refusing_port,
+    silent_listener,
+)
+
+from bk_evidence import manifest
+
+RESTIC = "/usr/bin/restic"
+PASSWORD = "correct horse battery staple 42"
+pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
+
+
+@pytest.fixture(scope="session")
+def empty_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `restic init` per session (it costs seconds); each test gets a copy."""
+    root = tmp_path_factory.mktemp("template")
+    (root / "password").write_text(PASSWORD + "\n")
+    env = dict(os.environ, RESTIC_PASSWORD_FILE=str(root / "password"))
+    subprocess.run([RESTIC, "init", "-q", "-r", str(root / "repo")], env=env, check=True)
+    return root / "repo"
+
+
+class Host:
+    """A client host in a temporary directory: key, restic repository, bk configuration."""
+
+    def __init__(self, root: Path, template: Path) -> None:
+        self.root = root
+        self.key = make_key(root, "ed25519")
+        self.data = root / "data"
+        self.data.mkdir()
+        for index in range(20):
+            (self.data / f"file{index}").write_bytes(os.urandom(2000 + index))
+        self.config = root / "etc"
+        (self.config / "jobs").mkdir(parents=True)
+        self.password_file = root / "repo.password"
+        self.password_file.write_text(PASSWORD + "\n")
+        self.repository = root / "repo"
+        shutil.copytree(template, self.repository)
+        self.restic_log = root / "restic-stdout.log"
+        self.wrapper = root / "restic-tee"
+        self.wrapper.write_text(
+            "#!/bin/bash\n"
+            f'if [ "$1" = backup ]; then {RESTIC} "$@" | tee -a {self.restic_log}; exit "${{PIPESTATUS[0]}}"; fi\n'
+            f'exec {RESTIC} "$@"\n'
+        )
+        self.wrapper.chmod(0o755)
+        self.settings(reporter_url=None)
+        self.job()
+
+    def restic(self, *args: str, repository: Path | None = None) -> str:
+        env = dict(os.environ, RESTIC_PASSWORD_FILE=str(self.password_file), RESTIC_CACHE_DIR=str(self.root / "cache"))
+        command = [RESTIC, "-r", str(repository or self.repository), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+
+    def repository_entry(self, name: str = "local", repository: Path | None = None) -> dict:
+        location = self.root / f"{name}.repository"
+        location.write_text(f"{repository or self.repository}\n")
+        location.chmod(0o600)
+        return {"name": name, "repository_file": str(location), "password_file": str(self.password_file)}
+
+    def settings(self, **changes: object) -> None:
+        config = {
+            "host": "web1",
+            "host_key": str(self.key),
+            "state_dir": str(self.root / "state"),
+            "spool_dir": str(self.root / "spool"),
+            "reporter_url": None,
+            "restic": str(self.wrapper),
+            "cache_dir": str(self.root / "cache"),
+            "delivery_deadline_seconds": 2,
+        }
+        config.update(changes)
+        (self.config / "bk.json").write_text(json.dumps(config))
+
+    def job(self, name: str = "home", **changes: object) -> None:
+        job = {
+            "name": name,
+            "paths": [str(self.data)],
+            "tags": ["daily"],
+            "cadence_seconds": 3600,
+            "repositories": [self.repository_entry()],
+        }
+        job.update(changes)
+        (self.config / "jobs" / f"{name}.json").write_text(json.dumps(job))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        command = [sys.executable, "-m", "bk_evidence.runner", "--config", str(self.config), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    def outbox(self) -> list[dict]:
+        outbox = self.root / "spool" / "outbox"
+        return [json.loads(json.loads(path.read_text())["manifest"]) for path in sorted(outbox.glob("*.json"))]
+
+    def restic_summaries(self) -> list[dict]:
+        lines = self.restic_log.read_text().splitlines()
+        return [json.loads(line) for line in lines if '"message_type":"summary"' in line]
+
+
+@pytest.fixture
+def host(tmp_path: Path, empty_repository: Path) -> Host:
+    return Host(tmp_path, empty_repository)
+
+
+@pytest.fixture
+def reporter(host: Host) -> Iterator[FakeReporter]:
+    with FakeReporter({"web1": [public_line(host.key)]}) as server:
+        host.settings(reporter_url=server.url)
+        yield server
+
+
+SCHEMA = jsonschema.Draft202012Validator(
+    manifest.JSON_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+
+
+def test_backup_manifest_carries_restics_own_figures(host: Host, reporter: FakeReporter) -> None:
+    result = host.run("backup", "home")
+    assert result.returncode == 0, result.stderr
+    (doc,) = reporter.manifests()
+    assert SCHEMA.is_valid(doc) and manifest.validate(doc) == []
+    (summary,) = host.restic_summaries()
+    assert doc["stats"] == {
+        name: value for name, value in summary.items() if name not in ("message_type", "snapshot_id")
+    }
+    (snapshot,) = json.loads(host.restic("snapshots", "--json"))
+    assert doc["snapshot"] == {
+        "id": snapshot["id"],
+        "short_id": summary["snapshot_id"],
+        "paths": [str(host.data)],
+        "tags": ["daily"],
+        "parent": None,
+        "time": snapshot["time"],
+    }
+    stats = json.loads(host.restic("stats", "--json", "latest"))
+    assert doc["stats"]["total_files_processed"] == len(list(host.data.iterdir())) == 20
+    assert doc["stats"]["total_bytes_processed"] == stats["total_size"] == sum(2000 + n for n in range(20))
+    assert doc["repository"] == {
+        "name": "local",
+        "url": str(host.repository),
+        "id": json.loads(host.restic("cat", "config", "--json"))["id"],
+    }
+    assert (doc["kind"], doc["status"], doc["job"], doc["seq"], doc["prev"]) == ("backup", "success", "home", 1, None)
+    assert doc["cadence_seconds"] == 3600 and doc["host"] == "web1" and snapshot["hostname"] == "web1"
+    assert doc["tools"]["restic"] == "0.14.0"
+    assert host.outbox() == []
+
+
+def test_second_backup_chains_and_counts_changes(host: Host, reporter: FakeReporter) -> None:
+    assert host.run("backup", "home").returncode == 0
+    (host.data / "file3").write_bytes(b"changed")
+    assert host.run("backup", "home").returncode == 0
+    first, second = sorted(reporter.manifests(), key=lambda doc: doc["seq"])
+    assert second["prev"] == manifest.sha256_hex(reporter.stored[first["id"]])
+    assert second["snapshot"]["parent"] == first["snapshot"]["id"]
+    assert (second["stats"]["files_changed"], second["stats"]["files_unmodified"]) == (1, 19)
+    assert second["stats"] == {
+        k: v for k, v in host.restic_summaries()[1].items() if k not in ("message_type", "snapshot_id")
+    }
+
+
+UNREACHABLE: list[Callable[[], AbstractContextManager[str]]] = [refusing_port, silent_listener, dropping_listener]
+
+
+@pytest.mark.parametrize("endpoint", UNREACHABLE, ids=["refused", "silent", "dropping"])
+def test_unreachable_reporter_changes_nothing_but_the_spool(host: Host, endpoint: Callable) -> None:
+    with endpoint() as url:
+        host.settings(reporter_url=url)
+        result = host.run("backup", "home")
+    assert result.returncode == 0, result.stderr
+    (waiting,) = host.outbox()
+    assert waiting["status"] == "success" and waiting["snapshot"]["id"]
+    assert "waiting" in result.stderr
+    with FakeReporter({"web1": [public_line(host.key)]}) as server:
+        host.settings(reporter_url=server.url)
+        flushed = host.run("flush")
+        assert flushed.returncode == 0 and "delivered 1" in flushed.stdout
+        assert [doc["id"] for doc in server.manifests()] == [waiting["id"]]
+    assert host.outbox() == []
+
+
+def test_failure_is_the_exit_status_and_is_recorded(host: Host, reporter: FakeReporter) -> None:
+    host.password_file.write_text("not-the-password-123\n")
+    result = host.run("backup", "home")
+    assert result.returncode == 1
+    (doc,) = reporter.manifests()
+    assert doc["status"] == "failure" and "snapshot" not in doc
+    assert doc["error"]["exit_code"] == 1
+    assert "restic backup exited 1" in doc["error"]["message"]
+    assert "wrong password" in doc["error"]["stderr_tail"].lower()
+
+
+def test_unreadable_source_is_a_warning_with_a_snapshot(host: Host, reporter: FakeReporter) -> None:
+    host.job(paths=[str(host.data), "/proc/1/mem"])
+    result = host.run("backup", "home")
+    assert result.returncode == 3
+    (doc,) = reporter.manifests()
+    assert doc["status"] == "warning" and doc["error"]["exit_code"] == 3
+    assert doc["snapshot"]["id"] == json.loads(host.restic("snapshots", "--json"))[0]["id"]
+
+
+def test_failing_pre_command_skips_the_backup_and_secrets_are_scrubbed(host: Host, reporter: FakeReporter) -> None:
+    host.job(pre=[f"echo leaked: $(cat {host.password_file}) >&2; exit 4"])
+    result = host.run("backup", "home")
+    assert result.returncode == 1
+    (doc,) = reporter.manifests()
+    assert doc["status"] == "failure" and doc["error"]["exit_code"] == 4
+    assert "pre command" in doc["error"]["message"]
+    assert doc["error"]["stderr_tail"] == "leaked: ***"
+    assert PASSWORD not in reporter.stored[doc["id"]]
+    assert json.loads(host.restic("snapshots", "--json")) == []
+
+
+def test_post_commands_are_told_the_outcome(host: Host, reporter: FakeReporter) -> None:
+    seen = host.root / "post.env"
+    host.job(post=[f"env | grep ^BK_ | sort > {seen}", ["/bin/false"]])
+    result = host.run("backup", "home")
+    assert result.returncode == 0, "a failing post command never changes the exit status"
+    (doc,) = reporter.manifests()
+    assert doc["status"] == "warning" and "post command" in doc["error"]["message"]
+    variables = dict(line.split("=", 1) for line in seen.read_text().splitlines())
+    assert variables == {
+        "BK_EXIT_CODE": "0",
+        "BK_JOB": "home",
+        "BK_SNAPSHOT_ID": doc["snapshot"]["id"],
+        "BK_STATUS": "success",
+    }
+
+
+def test_dump_is_streamed_into_the_snapshot(host: Host, reporter: FakeReporter) -> None:
+    host.job(paths=None, dump={"type": "postgresql", "database": "app", "command": ["printf", "dump %s", "bytes"]})
+    assert host.run("backup", "home").returncode == 0
+    (doc,) = reporter.manifests()
+    assert doc["snapshot"]["paths"] == ["/app.pgdump"]
+    assert host.restic("dump", "latest", "/app.pgdump") == "dump bytes"
+
+
+def test_failing_dump_fails_the_run(host: Host, reporter: FakeReporter) -> None:
+    host.job(paths=None, dump={"type": "mysql", "database": "app", "command": "echo partial; echo broken >&2; exit 2"})
+    assert host.run("backup", "home").returncode == 1
+    (doc,) = reporter.manifests()
+    assert doc["status"] == "failure" and doc["error"]["exit_code"] == 2
+    assert "dump command exited 2" in doc["error"]["message"] and "broken" in doc["error"]["stderr_tail"]
+
+
+def test_one_manifest_per_repository(host: Host, reporter: FakeReporter) -> None:
+    second = host.root / "second-repo"
+    host.restic("init", repository=second)
+    host.job(repositories=[host.repository_entry("first"), host.repository_entry("second", second)])
+    result = host.run("backup", "home", "--json")
+    assert result.returncode == 0
+    printed = json.loads(result.stdout)
+    assert printed["exit_code"] == 0 and len(printed["envelopes"]) == 2
+    docs = sorted(reporter.manifests(), key=lambda doc: doc["seq"])
+    assert [(doc["seq"], doc["repository"]["name"]) for doc in docs] == [(1, "first"), (2, "second")]
+    assert docs[0]["snapshot"]["id"] != docs[1]["snapshot"]["id"]
+
+
+def test_check_and_status(host: Host, reporter: FakeReporter) -> None:
+    host.job(check={"read_data_subset": "50%"})
+    assert host.run("backup", "home").returncode == 0
+    assert host.run("check", "home").returncode == 0
+    check_doc = max(reporter.manifests(), key=lambda doc: doc["seq"])
+    assert (check_doc["kind"], check_doc["status"], check_doc["check"]) == (
+        "check",
+        "success",
+        {"read_data_subset": "50%"},
+    )
+    status = json.loads(host.run("status", "--json").stdout)
+    assert status["chain"]["seq"] == 2 and status["spool"]["pending"] == 0
+    assert status["runs"]["backup/home/local"]["status"] == "success"
+    assert status["runs"]["check/home/local"]["seq"] == 2
+    text = host.run("status").stdout
+    assert "host web1, chain at seq 2" in text and "backup/home/local" in text
+
+
+def test_configuration_errors_exit_2_without_a_manifest(host: Host) -> None:
+    assert host.run("backup", "nosuchjob").returncode == 2
+    host.job(repositories=[])
+    result = host.run("backup", "home")
+    assert result.returncode == 2 and "at least one repository" in result.stderr
+    assert host.outbox() == []
