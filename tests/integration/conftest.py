@@ -1,0 +1,36 @@
+"""Fixtures of the integration tests in this directory. The reporter's helpers are in reporter_fixtures.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from reporter_fixtures import Host, LiveReporter, ReporterDatabase, enroll, make_key, migrated, serving
+
+
+@pytest.fixture
+def reporter_db(pg_url: str) -> ReporterDatabase:
+    """A fresh database with the reporter's schema; owner and application connections."""
+    return migrated(pg_url)
+
+
+@pytest.fixture
+def web1(reporter_db: ReporterDatabase, tmp_path: Path) -> Host:
+    """An enrolled client host with an ed25519 key made by ssh-keygen."""
+    host = Host("web1", make_key(tmp_path, "web1"))
+    enroll(reporter_db.owner_url, host)
+    return host
+
+
+@pytest.fixture
+def reporter(reporter_db: ReporterDatabase) -> Iterator[LiveReporter]:
+    with serving(reporter_db) as live:
+        yield live
+
+
+@pytest.fixture
+def client(reporter: LiveReporter) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=reporter.url, timeout=30) as http:
+        yield http

@@ -1,0 +1,415 @@
+"""Every answer of the ingest contract, over HTTP, against real PostgreSQL.
+
+Each rejected request is followed by row counts of every table: nothing at all was written.
+Signatures are made by stock `ssh-keygen -Y sign`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from reporter_fixtures import Host, LiveReporter, enroll, make_key, rfc3339, row_counts, ssh_keygen_sign
+
+from bk_evidence import manifest as bk_manifest
+
+
+def post(client: httpx.Client, envelope: object) -> httpx.Response:
+    return client.post("/api/v1/manifests", json=envelope)
+
+
+def assert_answer(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+def stored_row(reporter: LiveReporter, manifest_id: str) -> dict:
+    with psycopg.connect(reporter.database.owner_url) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute("SELECT * FROM events WHERE id = %s", (manifest_id,)).fetchone()
+
+
+# -- 201, 200, 409 -----------------------------------------------------------------------------
+
+
+def test_a_manifest_signed_by_ssh_keygen_with_an_enrolled_key_is_stored(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    envelope = web1.envelope()
+    body = assert_answer(post(client, envelope), 201, "stored")
+    doc = json.loads(envelope["manifest"])
+    assert body["id"] == doc["id"]
+    row = stored_row(reporter, doc["id"])
+    assert row["manifest"] == envelope["manifest"] and row["signature"] == envelope["signature"]
+    assert (row["host"], row["seq"], row["prev"], row["kind"], row["status"], row["job"]) == (
+        "web1",
+        1,
+        None,
+        "backup",
+        "success",
+        "home",
+    )
+    assert row["sha256"] == bk_manifest.sha256_hex(envelope["manifest"])
+    assert row["snapshot_id"] == doc["snapshot"]["id"]
+    assert row["repository_url"] == doc["repository"]["url"]
+    assert (row["data_added"], row["files_new"], row["bytes_processed"], row["cadence_seconds"]) == (
+        1234,
+        3,
+        98765,
+        86400,
+    )
+    assert row["key_fingerprint"].startswith("SHA256:")
+    assert row["received_at"] >= row["finished_at"]
+
+
+def test_every_key_type_ssh_keygen_makes_is_accepted(
+    client: httpx.Client, reporter: LiveReporter, tmp_path: Path
+) -> None:
+    for key_type in ("ed25519", "ecdsa", "rsa"):
+        host = Host(f"host-{key_type}", make_key(tmp_path, key_type, key_type))
+        enroll(reporter.database.owner_url, host)
+        assert_answer(post(client, host.envelope()), 201, "stored")
+
+
+def test_a_retry_with_identical_bytes_answers_200_and_stores_nothing(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    envelope = web1.envelope()
+    assert_answer(post(client, envelope), 201, "stored")
+    before = row_counts(reporter.database.owner_url)
+    body = assert_answer(post(client, envelope), 200, "duplicate")
+    assert body["id"] == json.loads(envelope["manifest"])["id"]
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_concurrent_retries_store_once(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    envelope = web1.envelope()
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(lambda _: post(client, envelope).status_code, range(16)))
+    assert statuses == [200] * 15 + [201]
+    assert row_counts(reporter.database.owner_url)["events"] == 1
+
+
+def test_same_id_other_content_is_a_409(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    first = web1.envelope()
+    assert_answer(post(client, first), 201, "stored")
+    doc = json.loads(first["manifest"])
+    before = row_counts(reporter.database.owner_url)
+    other = web1.text(id=doc["id"], status="failure")
+    assert_answer(post(client, web1.envelope(other)), 409, "id_conflict")
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_same_host_and_seq_other_content_is_a_409(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    assert_answer(post(client, web1.envelope()), 201, "stored")
+    before = row_counts(reporter.database.owner_url)
+    fork = web1.text(seq=1, prev=None, status="failure")
+    body = assert_answer(post(client, web1.envelope(fork)), 409, "seq_conflict")
+    assert body["id"] == json.loads(fork)["id"]
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_late_arrivals_are_accepted_and_marked_by_received_at(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    envelope = web1.envelope(ago=timedelta(days=20))
+    assert_answer(post(client, envelope), 201, "stored")
+    row = stored_row(reporter, json.loads(envelope["manifest"])["id"])
+    assert row["received_at"] - row["finished_at"] > timedelta(days=19)
+
+
+# -- rejections: nothing written ------------------------------------------------------------------
+
+Rejection = Callable[[Host, Path], tuple[object, int, str]]
+
+
+def _changed_byte(host: Host, tmp: Path) -> tuple[object, int, str]:
+    envelope = host.envelope()
+    envelope["manifest"] = envelope["manifest"].replace('"success"', '"warning"')
+    return envelope, 401, "bad_signature"
+
+
+def _truncated_signature(host: Host, tmp: Path) -> tuple[object, int, str]:
+    envelope = host.envelope()
+    lines = envelope["signature"].splitlines()
+    envelope["signature"] = "\n".join([*lines[:2], lines[-1]])
+    return envelope, 401, "bad_signature"
+
+
+def _wrong_namespace(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text()
+    return {"manifest": text, "signature": host.sign(text, namespace="file")}, 401, "bad_signature"
+
+
+def _garbage_signature(host: Host, tmp: Path) -> tuple[object, int, str]:
+    return {"manifest": host.text(), "signature": "hello"}, 401, "bad_signature"
+
+
+def _unknown_key(host: Host, tmp: Path) -> tuple[object, int, str]:
+    stranger = Host(host.name, make_key(tmp, "stranger"))
+    return stranger.envelope(), 401, "unknown_key"
+
+
+def _another_hosts_key(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = Host("db1", host.key).text()
+    return {"manifest": text, "signature": host.sign(text)}, 401, "key_not_for_host"
+
+
+def _not_json_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = "not json at all"
+    return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
+
+
+def _duplicate_keys_in_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text()[:-1] + ',"status":"failure"}'
+    return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
+
+
+def _nan_in_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text()[:-1] + ',"x":NaN}'
+    return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
+
+
+def _too_deep_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text()[:-1] + ',"x":' + "[" * 40 + "]" * 40 + "}"
+    return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
+
+
+def _missing_fields(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text(status=None)
+    return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
+
+
+def _wrong_types(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text(seq="1")
+    return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
+
+
+def _finished_before_started(host: Host, tmp: Path) -> tuple[object, int, str]:
+    now = datetime.now(UTC)
+    text = host.text(started_at=rfc3339(now), finished_at=rfc3339(now - timedelta(minutes=1)))
+    return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
+
+
+def _from_the_future(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text(ago=timedelta(minutes=-10))
+    return {"manifest": text, "signature": host.sign(text)}, 422, "future_time"
+
+
+def _seq_beyond_bigint(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text(seq=2**64)
+    return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
+
+
+def _manifest_too_large(host: Host, tmp: Path) -> tuple[object, int, str]:
+    text = host.text(padding="x" * (256 * 1024))
+    return {"manifest": text, "signature": host.sign(text)}, 413, "too_large"
+
+
+def _extra_envelope_key(host: Host, tmp: Path) -> tuple[object, int, str]:
+    return {**host.envelope(), "host": host.name}, 400, "bad_envelope"
+
+
+def _missing_signature(host: Host, tmp: Path) -> tuple[object, int, str]:
+    return {"manifest": host.text()}, 400, "bad_envelope"
+
+
+def _envelope_not_object(host: Host, tmp: Path) -> tuple[object, int, str]:
+    return [host.envelope()], 400, "bad_envelope"
+
+
+def _manifest_not_string(host: Host, tmp: Path) -> tuple[object, int, str]:
+    return {"manifest": host.document(), "signature": "x"}, 400, "bad_envelope"
+
+
+REJECTIONS: dict[str, Rejection] = {
+    "changed byte": _changed_byte,
+    "truncated signature": _truncated_signature,
+    "wrong namespace": _wrong_namespace,
+    "garbage signature": _garbage_signature,
+    "unknown key": _unknown_key,
+    "another host's key": _another_hosts_key,
+    "manifest not JSON": _not_json_manifest,
+    "duplicate keys in manifest": _duplicate_keys_in_manifest,
+    "NaN in manifest": _nan_in_manifest,
+    "manifest nested too deep": _too_deep_manifest,
+    "missing fields": _missing_fields,
+    "wrong types": _wrong_types,
+    "finished before started": _finished_before_started,
+    "from the future": _from_the_future,
+    "seq beyond bigint": _seq_beyond_bigint,
+    "manifest over 256 KiB": _manifest_too_large,
+    "extra envelope key": _extra_envelope_key,
+    "missing signature": _missing_signature,
+    "envelope not an object": _envelope_not_object,
+    "manifest not a string": _manifest_not_string,
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTIONS))
+def test_rejections_write_nothing(
+    case: str, client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+) -> None:
+    assert_answer(post(client, web1.envelope()), 201, "stored")
+    envelope, status, code = REJECTIONS[case](web1, tmp_path)
+    before = row_counts(reporter.database.owner_url)
+    assert_answer(post(client, envelope), status, code)
+    assert row_counts(reporter.database.owner_url) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "not_json"),
+        (b"\xff\xfe\x00{}", "not_json"),
+        (b'{"manifest": "a", "manifest": "b", "signature": "c"}', "not_json"),
+        (b"[" * 100000, "not_json"),
+        (b"", "not_json"),
+    ],
+    ids=["broken", "not utf-8", "duplicate keys", "deep nesting", "empty"],
+)
+def test_unreadable_bodies_are_400_and_write_nothing(
+    body: bytes, code: str, client: httpx.Client, reporter: LiveReporter
+) -> None:
+    before = row_counts(reporter.database.owner_url)
+    for path in ("/api/v1/manifests", "/api/v1/manifests/batch"):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert_answer(response, 400, code)
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_a_retired_key_no_longer_verifies(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    assert_answer(post(client, web1.envelope()), 201, "stored")
+    with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
+        conn.execute("UPDATE host_keys SET retired_at = now() WHERE host = 'web1'")
+    before = row_counts(reporter.database.owner_url)
+    assert_answer(post(client, web1.envelope()), 401, "unknown_key")
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_an_oversized_body_is_refused_from_its_declared_length(client: httpx.Client, reporter: LiveReporter) -> None:
+    before = row_counts(reporter.database.owner_url)
+    huge = b'{"manifest": "' + b"x" * (600 * 1024) + b'", "signature": "x"}'
+    assert_answer(client.post("/api/v1/manifests", content=huge), 413, "too_large")
+    batch = b"[" + b'"' + b"x" * (8 * 1024 * 1024) + b'"]'
+    assert_answer(client.post("/api/v1/manifests/batch", content=batch), 413, "too_large")
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_an_oversized_body_without_a_length_is_counted_while_read(client: httpx.Client, reporter: LiveReporter) -> None:
+    def chunks() -> object:
+        for _ in range(1024):
+            yield b"x" * 1024
+
+    before = row_counts(reporter.database.owner_url)
+    assert_answer(client.post("/api/v1/manifests", content=chunks()), 413, "too_large")
+    assert row_counts(reporter.database.owner_url) == before
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+def test_a_batch_answers_each_item_in_order(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    stored_before = web1.envelope()
+    assert_answer(post(client, stored_before), 201, "stored")
+    second, third = web1.envelope(), web1.envelope()
+    conflicting = web1.envelope(web1.text(seq=2, prev=bk_manifest.sha256_hex(web1.texts[0]), status="failure"))
+    forged = {"manifest": web1.text(seq=9), "signature": web1.envelope(web1.text(seq=9))["signature"]}
+    batch = [second, {"bad": 1}, stored_before, third, conflicting, forged, 42]
+    response = client.post("/api/v1/manifests/batch", json=batch)
+    assert response.status_code == 200
+    results = response.json()
+    assert [(r["status"], r["code"]) for r in results] == [
+        (201, "stored"),
+        (400, "bad_envelope"),
+        (200, "duplicate"),
+        (201, "stored"),
+        (409, "seq_conflict"),
+        (401, "bad_signature"),
+        (400, "bad_envelope"),
+    ]
+    expected_ids = [json.loads(e["manifest"])["id"] for e in (second, stored_before, third, conflicting)]
+    assert [r["id"] for r in results] == [expected_ids[0], None, *expected_ids[1:], None, None]
+    assert all(set(r) == {"status", "code", "message", "id"} for r in results)
+    assert row_counts(reporter.database.owner_url)["events"] == 3
+
+
+def test_a_batch_repeating_an_item_stores_it_once(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    envelope = web1.envelope()
+    response = client.post("/api/v1/manifests/batch", json=[envelope, envelope])
+    assert [r["status"] for r in response.json()] == [201, 200]
+    assert row_counts(reporter.database.owner_url)["events"] == 1
+
+
+def test_batches_that_are_not_lists_or_too_long_write_nothing(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    before = row_counts(reporter.database.owner_url)
+    assert_answer(client.post("/api/v1/manifests/batch", json=web1.envelope()), 400, "not_a_list")
+    assert_answer(client.post("/api/v1/manifests/batch", json=[1] * 5001), 413, "too_many_items")
+    assert row_counts(reporter.database.owner_url) == before
+    assert client.post("/api/v1/manifests/batch", json=[]).json() == []
+
+
+def test_a_mixed_batch_from_several_hosts_in_any_order_keeps_every_chain(
+    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+) -> None:
+    db1 = Host("db1", make_key(tmp_path, "db1"))
+    enroll(reporter.database.owner_url, db1)
+    envelopes = [host.envelope() for _ in range(5) for host in (web1, db1)]
+    response = client.post("/api/v1/manifests/batch", json=list(reversed(envelopes)))
+    assert [r["status"] for r in response.json()] == [201] * 10
+    with psycopg.connect(reporter.database.owner_url) as conn:
+        chains = conn.execute("SELECT host, events, last_seq FROM host_chain ORDER BY host").fetchall()
+        breaks = conn.execute("SELECT count(*) FROM chain_breaks").fetchone()
+    assert chains == [("db1", 5, 5), ("web1", 5, 5)]
+    assert breaks == (0,)
+
+
+def test_ssh_keygen_verifies_what_the_reporter_stored(
+    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+) -> None:
+    envelope = web1.envelope()
+    assert_answer(post(client, envelope), 201, "stored")
+    row = stored_row(reporter, json.loads(envelope["manifest"])["id"])
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"web1 {web1.public_line}\n")
+    (tmp_path / "m.sig").write_text(row["signature"])
+    verified = subprocess.run(
+        [
+            "ssh-keygen",
+            "-Y",
+            "verify",
+            "-f",
+            str(signers),
+            "-I",
+            "web1",
+            "-n",
+            "bk-manifest@v1",
+            "-s",
+            str(tmp_path / "m.sig"),
+        ],
+        input=row["manifest"].encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_the_signature_covers_the_manifest_text_exactly(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    text = web1.text()
+    pretty = json.dumps(json.loads(text), indent=2)
+    envelope = {"manifest": pretty, "signature": ssh_keygen_sign(web1.key, text)}
+    assert_answer(post(client, envelope), 401, "bad_signature")

@@ -1,0 +1,301 @@
+"""The event store: append-only by construction, and derived state kept in step with it."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from reporter_fixtures import Host, LiveReporter, ReporterDatabase, enroll, make_key
+
+from bk_evidence import manifest as bk_manifest
+from bk_reporter import db
+
+
+def post_all(client: httpx.Client, envelopes: list[dict[str, str]]) -> list[int]:
+    response = client.post("/api/v1/manifests/batch", json=envelopes)
+    assert response.status_code == 200, response.text
+    return [item["status"] for item in response.json()]
+
+
+def fleet(client: httpx.Client) -> dict[tuple[str, str | None, str | None], str]:
+    hosts = client.get("/api/v1/hosts").json()["hosts"]
+    states = {}
+    for host in hosts:
+        states.update({(host["host"], job["job"], job["kind"]): job["state"] for job in host["jobs"]})
+        if not host["jobs"]:
+            states[(host["host"], None, None)] = host["state"]
+    return states
+
+
+def query(url: str, statement: str, *params: object) -> list[dict]:
+    with psycopg.connect(url) as conn, conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(statement, params).fetchall()
+
+
+# -- append-only -------------------------------------------------------------------------------
+
+FORBIDDEN_TO_THE_APP = [
+    "UPDATE events SET status = 'failure'",
+    "DELETE FROM events",
+    "TRUNCATE events",
+    "INSERT INTO host_keys (host, fingerprint, public_key, key_type) VALUES ('x', 'SHA256:x', 'ssh-ed25519 A', 'x')",
+    "UPDATE host_keys SET retired_at = now()",
+    "UPDATE job_status SET last_status = 'success'",
+    "DELETE FROM host_chain",
+    "INSERT INTO chain_breaks (host, seq) VALUES ('web1', 1)",
+    "UPDATE status_policy SET stale_without_cadence = '1 year'",
+]
+
+
+@pytest.mark.parametrize("statement", FORBIDDEN_TO_THE_APP)
+def test_the_application_role_may_only_add_events(
+    statement: str, client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    assert post_all(client, [web1.envelope()]) == [201]
+    with psycopg.connect(reporter.database.app_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)
+
+
+@pytest.mark.parametrize("statement", ["UPDATE events SET status = 'failure'", "DELETE FROM events", "TRUNCATE events"])
+def test_not_even_the_owner_may_change_events_without_the_maintenance_switch(
+    statement: str, client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    assert post_all(client, [web1.envelope()]) == [201]
+    with psycopg.connect(reporter.database.owner_url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(statement)
+        conn.rollback()
+        with conn.transaction():
+            conn.execute("SET LOCAL bk.maintenance = 'on'")
+            conn.execute(statement)
+        assert conn.execute("SELECT count(*) FROM events WHERE status = 'success'").fetchone() == (0,)
+
+
+def test_an_enrolled_key_can_be_retired_once_and_never_deleted(reporter_db: ReporterDatabase, web1: Host) -> None:
+    with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
+        conn.execute("UPDATE host_keys SET retired_at = now() WHERE host = 'web1'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="retired, once"):
+            conn.execute("UPDATE host_keys SET retired_at = now() WHERE host = 'web1'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="retired, once"):
+            conn.execute("UPDATE host_keys SET host = 'other'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("DELETE FROM host_keys")
+
+
+def test_migrating_again_changes_nothing(reporter_db: ReporterDatabase) -> None:
+    assert db.migrate(reporter_db.owner_url, "bk_reporter_app") == []
+    versions = query(reporter_db.owner_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [row["version"] for row in versions] == [m.version for m in db.available_migrations()]
+    assert db.pending_migrations(reporter_db.app_url) == []
+
+
+# -- chain state -------------------------------------------------------------------------------
+
+
+def test_gaps_are_seen_and_filled_by_late_deliveries(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+    envelopes = [web1.envelope() for _ in range(5)]
+    assert post_all(client, [envelopes[0], envelopes[3], envelopes[4]]) == [201] * 3
+    detail = client.get("/api/v1/hosts/web1").json()
+    assert detail["chain"] == {**detail["chain"], "events": 3, "last_seq": 5, "missing": 2, "breaks": 0}
+    assert detail["gaps"] == [{"first_missing": 2, "last_missing": 3}]
+    assert detail["state"] == "gap"
+    assert post_all(client, [envelopes[2], envelopes[1]]) == [201, 201]
+    detail = client.get("/api/v1/hosts/web1").json()
+    assert (detail["chain"]["missing"], detail["chain"]["breaks"], detail["gaps"], detail["state"]) == (0, 0, [], "ok")
+
+
+def test_a_fork_is_a_break_at_the_seq_whose_prev_does_not_match(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    first, second = web1.envelope(), web1.envelope()
+    forked = web1.envelope(web1.text(prev=bk_manifest.sha256_hex(web1.texts[0])))
+    assert post_all(client, [forked, first, second]) == [201, 201, 201]
+    detail = client.get("/api/v1/hosts/web1").json()
+    assert detail["chain"]["breaks"] == 1 and detail["state"] == "gap"
+    (link,) = detail["breaks"]
+    assert (link["seq"], link["expected_prev"], link["found_prev"]) == (
+        3,
+        bk_manifest.sha256_hex(web1.texts[1]),
+        bk_manifest.sha256_hex(web1.texts[0]),
+    )
+
+
+def test_a_first_manifest_naming_a_predecessor_is_a_break(client: httpx.Client, web1: Host) -> None:
+    assert post_all(client, [web1.envelope(web1.text(prev="0" * 64))]) == [201]
+    assert client.get("/api/v1/hosts/web1").json()["breaks"][0]["seq"] == 1
+
+
+def test_concurrent_single_posts_keep_the_chain_intact(client: httpx.Client, web1: Host) -> None:
+    envelopes = [web1.envelope() for _ in range(30)]
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda e: client.post("/api/v1/manifests", json=e).status_code, envelopes))
+    assert statuses == [201] * 30
+    chain = client.get("/api/v1/hosts/web1").json()["chain"]
+    assert (chain["events"], chain["last_seq"], chain["missing"], chain["breaks"]) == (30, 30, 0, 0)
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+def test_each_state_is_derived_from_what_arrived(
+    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+) -> None:
+    def host(name: str) -> Host:
+        machine = Host(name, make_key(tmp_path, name))
+        enroll(reporter.database.owner_url, machine)
+        return machine
+
+    hourly = {"cadence_seconds": 3600}
+    late, stale, failing, gap, quiet = (host(n) for n in ("late1", "stale1", "fail1", "gap1", "quiet1"))
+    host("miss1")
+    envelopes = [
+        web1.envelope(),
+        late.envelope(ago=timedelta(minutes=80), **hourly),
+        stale.envelope(ago=timedelta(hours=3), **hourly),
+        stale.envelope(job="nocadence", cadence_seconds=None, ago=timedelta(hours=49)),
+        failing.envelope(status="failure", snapshot=None),
+        gap.envelope(),
+        gap.envelope(gap.text(seq=3, prev=None)),
+        quiet.envelope(kind="restore", job=None, cadence_seconds=None, snapshot=None, ago=timedelta(days=10)),
+    ]
+    assert post_all(client, envelopes) == [201] * len(envelopes)
+    assert fleet(client) == {
+        ("web1", "home", "backup"): "ok",
+        ("late1", "home", "backup"): "late",
+        ("stale1", "home", "backup"): "stale",
+        ("stale1", "nocadence", "backup"): "stale",
+        ("fail1", "home", "backup"): "failing",
+        ("miss1", None, None): "missing",
+        ("gap1", "home", "backup"): "gap",
+        ("quiet1", "", "restore"): "ok",
+    }
+    hosts = client.get("/api/v1/hosts").json()
+    assert [h["host"] for h in hosts["hosts"]][:2] == ["stale1", "miss1"]
+    assert hosts["counts"] == {"stale": 2, "missing": 1, "failing": 1, "gap": 1, "unconfirmed": 0, "late": 1, "ok": 2}
+
+
+def test_a_claim_the_hub_never_confirmed_is_unconfirmed_until_a_receipt_arrives(
+    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+) -> None:
+    hub = Host("hub1", make_key(tmp_path, "hub1"))
+    enroll(reporter.database.owner_url, hub)
+    claim = web1.envelope(ago=timedelta(hours=4))
+    snapshot = json.loads(claim["manifest"])["snapshot"]["id"]
+    direct = web1.envelope(repository={"name": "usb", "url": "/mnt/usb/restic"}, ago=timedelta(hours=4))
+    assert post_all(client, [claim, direct]) == [201, 201]
+    assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
+    receipt = hub.envelope(
+        kind="hub-receipt",
+        job=None,
+        snapshot=None,
+        stats=None,
+        cadence_seconds=None,
+        repository={"name": "web1"},
+        receipt={"snapshots": [{"id": snapshot, "size": 512, "arrived_at": "2026-01-01T00:00:00Z"}]},
+    )
+    assert post_all(client, [receipt]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "ok"
+
+
+def test_the_latest_run_is_the_one_that_finished_last_not_the_last_to_arrive(client: httpx.Client, web1: Host) -> None:
+    recent = web1.envelope(status="failure", snapshot=None, ago=timedelta(minutes=1))
+    older = web1.envelope(ago=timedelta(hours=2))
+    assert post_all(client, [recent]) == [201]
+    assert post_all(client, [older]) == [201]
+    (job,) = client.get("/api/v1/hosts/web1").json()["jobs"]
+    assert (job["last_status"], job["state"], job["runs"], job["failures"]) == ("failure", "failing", 2, 1)
+    assert job["last_success_at"] == json.loads(older["manifest"])["finished_at"]
+
+
+# -- lineage -------------------------------------------------------------------------------------
+
+
+def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
+    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+) -> None:
+    hub = Host("hub1", make_key(tmp_path, "hub1"))
+    enroll(reporter.database.owner_url, hub)
+    snapshot = "ab" * 32
+    hub_fields = {"job": None, "snapshot": None, "stats": None, "cadence_seconds": None, "repository": {"name": "web1"}}
+    offsite = hub.envelope(kind="offsite-copy", offsite={"destination": "b2", "snapshots": [snapshot]}, **hub_fields)
+    receipt = hub.envelope(
+        kind="hub-receipt",
+        receipt={"snapshots": [{"id": snapshot, "size": 2048, "arrived_at": "2026-01-02T03:04:05Z"}]},
+        **hub_fields,
+    )
+    claim = web1.envelope(snapshot={"id": snapshot})
+    assert post_all(client, [offsite]) == [201]
+    assert post_all(client, [receipt, claim]) == [201, 201]
+    (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
+    assert (lineage["host"], lineage["claimed"], lineage["received"], lineage["offsite"]) == ("web1", True, True, True)
+    assert (lineage["hub_host"], lineage["hub_repository"], lineage["size_bytes"]) == ("hub1", "web1", 2048)
+    assert lineage["offsite_destination_names"] == ["b2"]
+    (snap,) = client.get("/api/v1/hosts/web1").json()["snapshots"]
+    assert (snap["snapshot_id"], snap["received"], snap["offsite_destinations"]) == (snapshot, True, ["b2"])
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def test_events_are_listed_a_page_at_a_time(client: httpx.Client, web1: Host) -> None:
+    envelopes = [web1.envelope(ago=timedelta(minutes=60 - i)) for i in range(7)]
+    assert post_all(client, envelopes) == [201] * 7
+    seen, cursor = [], None
+    while True:
+        params = {"host": "web1", "limit": "3", **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/v1/events", params=params).json()
+        seen.extend(event["seq"] for event in page["events"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(range(1, 8))
+    since = json.loads(envelopes[4]["manifest"])["finished_at"]
+    recent = client.get("/api/v1/events", params={"since": since, "kind": "backup"}).json()["events"]
+    assert [event["seq"] for event in recent] == [5, 6, 7]
+    assert client.get("/api/v1/events", params={"kind": "prune"}).json() == {"events": [], "next_cursor": None}
+
+
+def test_one_event_is_served_verbatim(client: httpx.Client, web1: Host) -> None:
+    envelope = web1.envelope()
+    assert post_all(client, [envelope]) == [201]
+    event_id = json.loads(envelope["manifest"])["id"]
+    event = client.get(f"/api/v1/events/{event_id}").json()
+    assert (event["manifest"], event["signature"]) == (envelope["manifest"], envelope["signature"])
+    assert client.get("/api/v1/events/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert client.get("/api/v1/events/not-a-uuid").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": "0"}, {"limit": "x"}, {"since": "yesterday"}, {"cursor": "!!"}, {"host": "a\x00b"}]
+)
+def test_unusable_event_parameters_are_400(params: dict[str, str], client: httpx.Client) -> None:
+    response = client.get("/api/v1/events", params=params)
+    assert response.status_code == 400 and response.json()["code"] == "bad_parameter"
+
+
+def test_unknown_hosts_are_404(client: httpx.Client) -> None:
+    assert client.get("/api/v1/hosts/nobody").status_code == 404
+    assert client.get("/api/v1/hosts/a%00b").status_code == 404
+
+
+def test_metrics_expose_the_fleet_and_the_ingest_counters(client: httpx.Client, web1: Host) -> None:
+    envelope = web1.envelope()
+    assert post_all(client, [envelope, envelope]) == [201, 200]
+    client.post("/api/v1/manifests", content=b"nope")
+    text = client.get("/metrics").text
+    assert 'bk_job_state{host="web1",job="home",kind="backup",state="ok"} 1.0' in text
+    assert 'bk_ingest_manifests_total{status="201",code="stored"} 1.0' in text
+    assert 'bk_ingest_manifests_total{status="200",code="duplicate"} 1.0' in text
+    assert 'bk_ingest_manifests_total{status="400",code="not_json"} 1.0' in text
+    assert 'bk_host_chain_missing_manifests{host="web1"} 0.0' in text
+    finished = bk_manifest.parse_timestamp(json.loads(envelope["manifest"])["finished_at"])
+    assert (
+        f'bk_job_last_success_timestamp_seconds{{host="web1",job="home",kind="backup"}} {finished.timestamp()!r}'
+        in text
+    )
