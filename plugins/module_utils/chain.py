@@ -25,6 +25,14 @@ class ChainState(NamedTuple):
     last_sha256: Optional[str]
 
 
+def read_state(state_dir: str, host: str) -> ChainState:
+    """The chain state in ``state_dir`` for ``host``, without creating anything."""
+    raw = read_json(os.path.join(state_dir, "chain.json"), None)
+    if not isinstance(raw, dict) or raw.get("host") != host:
+        return ChainState(host, 0, None)
+    return ChainState(host, int(raw["seq"]), raw.get("last_sha256"))
+
+
 class Chain:
     """Numbers, signs and spools the manifests of one host."""
 
@@ -37,10 +45,7 @@ class Chain:
 
     def state(self) -> ChainState:
         """The last chained manifest of this host (seq 0 before the first)."""
-        raw = read_json(self.state_path, None)
-        if not isinstance(raw, dict) or raw.get("host") != self.host:
-            return ChainState(self.host, 0, None)
-        return ChainState(self.host, int(raw["seq"]), raw.get("last_sha256"))
+        return read_state(self.state_dir, self.host)
 
     def append(self, doc: Dict[str, Any], signer: Signer) -> Dict[str, str]:
         """Chain, validate, sign and spool a manifest (given without host/seq/prev); the envelope."""

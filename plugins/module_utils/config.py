@@ -90,10 +90,11 @@ class Settings:
         "cache_dir",
     )
 
-    def __init__(self, config_dir: str) -> None:
+    def __init__(self, config_dir: str, values: Optional[Dict[str, Any]] = None) -> None:
+        """Read ``<config_dir>/bk.json``, or take ``values`` (same keys) instead of the file."""
         self.config_dir = config_dir
         path = os.path.join(config_dir, "bk.json")
-        fields = _Fields(read_config_file(path), path, self.KEYS)
+        fields = _Fields(read_config_file(path) if values is None else values, path, self.KEYS)
         self.host: str = fields.get("host", str, required=True)
         self.host_key: Optional[str] = fields.get("host_key", str)
         self.state_dir: str = fields.get("state_dir", str, "/var/lib/bk")

@@ -13,6 +13,7 @@ import json
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -109,6 +110,28 @@ def deliver(
         report.stopped = str(exc)
     report.remaining = len(spool.pending())
     return report
+
+
+def deliver_bounded(spool: Spool, reporter_url: str, **options: Any) -> Optional[DeliveryReport]:
+    """``deliver`` in a daemon thread, abandoned one second after its deadline.
+
+    Socket timeouts do not cover name resolution; this bounds that too. None when abandoned
+    (nothing is lost: files leave the outbox only after the reporter stored them)."""
+    outcome: List[DeliveryReport] = []
+    failure: List[Exception] = []
+
+    def work() -> None:
+        try:
+            outcome.append(deliver(spool, reporter_url, **options))
+        except Exception as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="bk-delivery", daemon=True)
+    worker.start()
+    worker.join(float(options.get("deadline_seconds", DEFAULT_DEADLINE_SECONDS)) + 1.0)
+    if failure:
+        raise failure[0]
+    return outcome[0] if outcome else None
 
 
 class _BatchTooLarge(Exception):

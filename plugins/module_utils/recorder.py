@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 
 from .chain import Chain
 from .config import Settings
-from .delivery import DeliveryReport, deliver
+from .delivery import DeliveryReport, deliver_bounded
 from .runlog import RunLog
 from .spool import Spool
 from .sshsig import preferred_host_key, sign
@@ -41,12 +41,12 @@ class Recorder:
         return signed
 
     def deliver(self, deadline_seconds: float) -> Optional[DeliveryReport]:
-        """Deliver what the spool holds, within the deadline; None without a reporter."""
+        """Deliver what the spool holds, within the deadline; None without a reporter or if abandoned."""
         if not self.settings.reporter_url:
             return None
         self.chain.recover()
         self.spool.clean_partial()
-        return deliver(
+        return deliver_bounded(
             self.spool,
             self.settings.reporter_url,
             ca_file=self.settings.reporter_ca_file,
