@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,6 +22,7 @@ from . import fleet, metrics, openapi
 from .ingest import Limits, Outcome, parse_json_body
 from .receive import receive
 from .settings import Settings
+from .web.routes import install_pages, page_auth_from_environment
 
 log = logging.getLogger("bk_reporter.app")
 
@@ -210,15 +212,29 @@ def _unavailable(request: Request, exc: Exception) -> Response:
     return JSONResponse(outcome.as_json(), status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors: JSON under /api/ (the API's documented shape), plain text elsewhere."""
+    if not isinstance(exc, HTTPException):
+        raise exc
+    if not request.url.path.startswith("/api/"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+    outcome = Outcome(exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}")
+    return JSONResponse(outcome.as_json(), status_code=exc.status_code, headers=exc.headers)
+
+
 def create_app(settings: Settings, database_url: str) -> Starlette:
     reporter = Reporter(settings, database_url)
     routes = [
         Route("/api/v1/manifests", reporter.post_manifest, methods=["POST"]),
         Route("/api/v1/manifests/batch", reporter.post_batch, methods=["POST"]),
         Route("/api/v1/hosts", reporter.list_hosts, methods=["GET"]),
-        Route("/api/v1/hosts/{host}", reporter.get_host, methods=["GET"]),
+        Route("/api/v1/hosts/{host:path}", reporter.get_host, methods=["GET"]),
         Route("/api/v1/events", reporter.list_events, methods=["GET"]),
-        Route("/api/v1/events/{id}", reporter.get_event, methods=["GET"]),
+        Route("/api/v1/events/{id:path}", reporter.get_event, methods=["GET"]),
         Route("/api/v1/openapi.json", reporter.openapi, methods=["GET"]),
         Route("/metrics", reporter.metrics, methods=["GET"]),
         Route("/healthz", reporter.health, methods=["GET"]),
@@ -226,7 +242,12 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=reporter.lifespan,
-        exception_handlers={psycopg.OperationalError: _unavailable, PoolTimeout: _unavailable},
+        exception_handlers={
+            HTTPException: _http_error,
+            psycopg.OperationalError: _unavailable,
+            PoolTimeout: _unavailable,
+        },
     )
     app.state.reporter = reporter
+    install_pages(app, page_auth_from_environment())
     return app

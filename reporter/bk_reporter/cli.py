@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from .settings import Settings, SettingsError, load
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("bk_reporter.cli")
 
@@ -109,8 +112,27 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             access_log=False,
             server_header=False,
         )
-        uvicorn.Server(config).run()
+        with _stop_signals_return_here():
+            uvicorn.Server(config).run()
     return EXIT_OK
+
+
+@contextmanager
+def _stop_signals_return_here() -> Iterator[None]:
+    """Let `serve` finish its cleanup (the embedded cluster) after SIGTERM or SIGINT.
+
+    uvicorn handles these signals while it serves, and once shut down re-raises the one that
+    stopped it to the handler that was there before: this one, which only notes it.
+    """
+    stopped_by: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: stopped_by.append(number)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped_by:
+        log.info("stopped", extra={"signal": signal.Signals(stopped_by[0]).name})
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -129,7 +129,7 @@ def migrate(owner_url: str, app_role: str, reader_role: str | None = None) -> li
 
 def ensure_current_schema(targets: Targets, settings: Settings) -> list[Migration]:
     """Migrate when something is pending (as the owner); a no-op on a current schema."""
-    if not pending_migrations(targets.app_url):
+    if not pending_migrations(targets.owner_url):
         return []
     try:
         return migrate(targets.owner_url, settings.app_role, settings.reader_role)

@@ -43,7 +43,7 @@ NULLABLE_TIME = _nullable("string", format="date-time")
 
 RESULT = _object(
     {
-        "status": {"type": "integer", "enum": [200, 201, 400, 401, 409, 413, 422, 503]},
+        "status": {"type": "integer", "enum": [200, 201, 400, 401, 404, 409, 413, 422, 503]},
         "code": {"type": "string"},
         "message": {"type": "string"},
         "id": _nullable("string"),

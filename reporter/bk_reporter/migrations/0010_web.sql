@@ -12,6 +12,10 @@ CREATE INDEX events_by_host_job_kind_time ON events (host, (coalesce(job, '')), 
 -- Claimed snapshots by time, for grafana_offsite_lag's time filter.
 CREATE INDEX snapshots_claimed_by_time ON snapshots (claimed_at) WHERE claim_event_id IS NOT NULL;
 
+-- Snapshots the hub received that no host claimed (a withheld or lost backup manifest), by
+-- the hub repository they arrived in: shown on the host page. Normally empty.
+CREATE INDEX snapshots_unclaimed ON snapshots (hub_repository, arrived_at) WHERE claim_event_id IS NULL;
+
 -- Host groups are not part of the evidence: a host's group is the leading letters of its
 -- name, lower-cased (web-03 -> web, db2.example.org -> db); a name without leading letters
 -- is its own group.
