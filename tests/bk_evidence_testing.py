@@ -181,7 +181,7 @@ def dropping_listener() -> Iterator[str]:
     server.listen(0)
     port = server.getsockname()[1]
     fillers = []
-    for _ in range(4):  # after the backlog fills, the kernel drops further connection attempts
+    for _filler_index in range(4):  # after the backlog fills, the kernel drops further connection attempts
         filler = socket.socket()
         filler.setblocking(False)
         with contextlib.suppress(BlockingIOError):

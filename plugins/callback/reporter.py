@@ -19,7 +19,7 @@ description:
     bounded by O(timeout). When the reporter cannot be reached the manifests wait in O(spool_dir) and
     go with the next run. It never fails, and never holds up, a playbook; problems become warnings.
 author:
-  - bk developers
+  - bk developers (@bkfleet)
 requirements:
   - Enable it, for example with C(callbacks_enabled = bkfleet.backup.reporter) in C(ansible.cfg).
   - Enroll the public half of O(key) in the reporter as host O(host).

@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import re
+import sys
 import uuid
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -442,4 +443,4 @@ def envelope(text: str, signature: str) -> Dict[str, str]:
 
 
 if __name__ == "__main__":  # python -m bk_evidence.manifest > docs/schema/manifest-v1.json
-    print(json.dumps(JSON_SCHEMA, indent=2, sort_keys=True))
+    sys.stdout.write(json.dumps(JSON_SCHEMA, indent=2, sort_keys=True) + "\n")

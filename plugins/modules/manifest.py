@@ -23,9 +23,11 @@ description:
   - The manifest is validated against the published schema before it is signed; an invalid one
     fails the task and changes nothing.
 author:
-  - bk developers
+  - bk developers (@bkfleet)
 requirements:
   - OpenSSH C(ssh-keygen) 8.1 or later on the host when the Python C(cryptography) package is absent
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
@@ -35,6 +37,7 @@ attributes:
   diff_mode:
     support: none
   platform:
+    support: full
     platforms: posix
 options:
   kind:

@@ -34,7 +34,7 @@ def append(chain: Chain, key: Path, count: int = 1) -> list[dict]:
     now = manifest.utc_now()
     return [
         chain.append(manifest.new_manifest("backup", "success", now, now), lambda data: sshsig.sign(data, str(key)))
-        for _ in range(count)
+        for _index in range(count)
     ]
 
 

@@ -108,7 +108,7 @@ def test_receipts_report_each_snapshot_file_once(hub: HubHost, reporter: FakeRep
 
 
 def test_maintain_forgets_and_prunes(hub: HubHost, reporter: FakeReporter) -> None:
-    ids = [hub.client_backup() for _ in range(3)]
+    ids = [hub.client_backup() for _backup in range(3)]
     hub.maintenance(cadence_seconds=604800)
     result = hub.run("maintain")
     assert result.returncode == 0, result.stderr
@@ -123,7 +123,7 @@ def test_maintain_forgets_and_prunes(hub: HubHost, reporter: FakeReporter) -> No
 
 
 def test_maintain_does_not_overlap_an_offsite_copy(hub: HubHost, reporter: FakeReporter) -> None:
-    ids = [hub.client_backup() for _ in range(2)]
+    ids = [hub.client_backup() for _backup in range(2)]
     hub.maintenance()
     with files.locked(str(hub.lock_dir / "web1.lock")):
         result = hub.run("maintain")
@@ -140,7 +140,7 @@ def test_maintain_refuses_a_policy_that_keeps_nothing(hub: HubHost) -> None:
 
 
 def test_offsite_copy_lists_what_the_destination_holds(hub: HubHost, reporter: FakeReporter) -> None:
-    ids = [hub.client_backup() for _ in range(2)]
+    ids = [hub.client_backup() for _backup in range(2)]
     target = hub.offsite()
     result = hub.run("offsite", "usb")
     assert result.returncode == 0, result.stderr

@@ -210,7 +210,7 @@ def _worker(root: str, key: str, plan: list[str | None], log: str) -> None:
 
 def _deliverer(root: str, rounds: int, delivered_dir: str) -> None:
     chain = Chain(os.path.join(root, "state"), HOST, Spool(os.path.join(root, "spool")))
-    for _ in range(rounds):
+    for _round in range(rounds):
         for path in chain.spool.pending():
             try:
                 text = chain.spool.read(path)["manifest"]
