@@ -50,6 +50,22 @@ up() {
   for host in "$@"; do
     say "$host: $(wait_booted "$host")"
   done
+  write_hosts
+}
+
+# podman's CNI backend resolves container names only with the dnsname plugin:
+# write every lab host's name and address into each lab host's /etc/hosts.
+write_hosts() {
+  local entries host
+  entries=$(podman ps --filter label=bk.lab=1 --filter "network=$NETWORK" --format '{{.Names}}' |
+    while read -r host; do
+      printf '%s %s # bk-lab\n' \
+        "$(podman inspect --format "{{ (index .NetworkSettings.Networks \"$NETWORK\").IPAddress }}" "$host")" "$host"
+    done)
+  for host in $(podman ps --filter label=bk.lab=1 --filter "network=$NETWORK" --format '{{.Names}}'); do
+    # /etc/hosts is bind-mounted: rewrite it in place, never rename onto it.
+    podman exec -i "$host" sh -c 'grep -v " # bk-lab$" /etc/hosts >/tmp/.hosts; cat /tmp/.hosts - >/etc/hosts; rm -f /tmp/.hosts' <<<"$entries"
+  done
 }
 
 down() {
