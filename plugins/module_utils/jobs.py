@@ -14,7 +14,16 @@ from .config import Job, Repository, Settings
 from .files import locked, read_json, write_json
 from .manifest import new_manifest, utc_now
 from .outcome import Outcome, Problem, exit_code, worst
-from .process import HOOK_TIMEOUT_SECONDS, Completed, argv_of, child_environment, python_version, run, version_of
+from .process import (
+    HOOK_TIMEOUT_SECONDS,
+    Completed,
+    argv_of,
+    child_environment,
+    python_version,
+    run,
+    run_filtered,
+    version_of,
+)
 from .recorder import BK_VERSION, Recorder
 from .restic_output import (
     backup_summary,
@@ -145,13 +154,17 @@ def backup_argv(settings: Settings, job: Job) -> List[str]:
     return [*argv, "--", *job.paths]
 
 
+def _is_summary(line: str) -> bool:
+    return '"summary"' in line
+
+
 def _run_restic_backup(
     settings: Settings, job: Job, env: Dict[str, str]
 ) -> Tuple[Optional[Completed], Optional[Completed]]:
     """restic's result (None if it did not run), and the dump command's when the job streams a dump."""
     argv = backup_argv(settings, job)
     if not job.dump:
-        return run(argv, env=env), None
+        return run_filtered(argv, _is_summary, env=env), None
     with tempfile.TemporaryFile() as dump_errors:
         try:
             dump = subprocess.Popen(
@@ -160,7 +173,7 @@ def _run_restic_backup(
         except OSError as exc:
             return None, Completed(127, "", "cannot run the dump command: %s\n" % exc)
         try:
-            restic = run(argv, env=env, stdin=dump.stdout.fileno() if dump.stdout else None)
+            restic = run_filtered(argv, _is_summary, env=env, stdin=dump.stdout.fileno() if dump.stdout else None)
         finally:
             if dump.stdout:
                 dump.stdout.close()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from typing import Dict, List, NamedTuple, Optional, Union
+import tempfile
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .restic_output import tool_version
 
@@ -15,6 +16,7 @@ Command = Union[str, List[str]]
 HOOK_TIMEOUT_SECONDS = 3600
 NOT_RUN = 127
 TIMED_OUT = 124
+STDERR_KEPT_BYTES = 65536
 
 
 class Completed(NamedTuple):
@@ -44,11 +46,38 @@ def run(
     return Completed(completed.returncode, _text(completed.stdout), _text(completed.stderr))
 
 
+def run_filtered(
+    argv: List[str],
+    keep: Callable[[str], bool],
+    env: Optional[Dict[str, str]] = None,
+    stdin: Optional[int] = subprocess.DEVNULL,
+) -> Completed:
+    """Run a long program keeping only the stdout lines ``keep`` accepts and the end of stderr.
+
+    For ``restic backup --json``, whose progress lines would otherwise pile up in memory."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=errors)
+        except OSError as exc:
+            return Completed(NOT_RUN, "", "cannot run %s: %s\n" % (argv[0], exc.strerror or exc))
+        kept = []
+        if process.stdout is not None:
+            with process.stdout:
+                for raw in process.stdout:
+                    line = raw.decode("utf-8", "replace")
+                    if keep(line):
+                        kept.append(line)
+        exit_code = process.wait()
+        size = errors.seek(0, os.SEEK_END)
+        errors.seek(max(0, size - STDERR_KEPT_BYTES))
+        return Completed(exit_code, "".join(kept), _text(errors.read()))
+
+
 def _text(data: Optional[bytes]) -> str:
     return data.decode("utf-8", "replace") if data else ""
 
 
-def child_environment(extra: Dict[str, str], drop: tuple = ()) -> Dict[str, str]:
+def child_environment(extra: Dict[str, str], drop: Tuple[str, ...] = ()) -> Dict[str, str]:
     """The runner's environment without ``drop`` and with ``extra``."""
     env = {key: value for key, value in os.environ.items() if key not in drop}
     env.update(extra)

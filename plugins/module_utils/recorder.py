@@ -23,10 +23,27 @@ class Recorder:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spool = Spool(settings.spool_dir)
-        self.chain = Chain(settings.state_dir, settings.host, self.spool)
-        self.runs = RunLog(settings.state_dir)
         self._key_path = settings.host_key
+        self._spool: Optional[Spool] = None
+        self._chain: Optional[Chain] = None
+
+    # The spool and the chain are opened on first use: a broken state or spool directory must not
+    # keep a backup from running (its manifest then fails loudly instead).
+    @property
+    def spool(self) -> Spool:
+        if self._spool is None:
+            self._spool = Spool(self.settings.spool_dir)
+        return self._spool
+
+    @property
+    def chain(self) -> Chain:
+        if self._chain is None:
+            self._chain = Chain(self.settings.state_dir, self.settings.host, self.spool)
+        return self._chain
+
+    @property
+    def runs(self) -> RunLog:
+        return RunLog(self.settings.state_dir)
 
     @property
     def key_path(self) -> str:

@@ -215,3 +215,13 @@ def test_configuration_errors_exit_2_without_a_manifest(host: Host) -> None:
     result = host.run("backup", "home")
     assert result.returncode == 2 and "at least one repository" in result.stderr
     assert host.outbox() == []
+
+
+def test_a_broken_state_directory_does_not_stop_the_backup(host: Host) -> None:
+    blocker = host.root / "not-a-directory"
+    blocker.write_text("")
+    host.settings(state_dir=str(blocker / "state"), spool_dir=str(blocker / "spool"))
+    result = host.run("backup", "home")
+    assert result.returncode == 0
+    assert "could not record a backup manifest" in result.stderr
+    assert len(json.loads(host.restic("snapshots", "--json"))) == 1
