@@ -20,17 +20,20 @@ import random
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from reporter_fixtures import ReporterDatabase, migrated
 
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
 from bk_reporter import hosts
 from bk_reporter.ingest import Limits
+from bk_reporter.pgcluster import LocalCluster
 from bk_reporter.receive import receive
 
 DAY = 86400
@@ -253,7 +256,12 @@ class FleetPlan:
             self._add(client.name, finished, tag="failing" if failing else "", **fields)
             return
         snapshot = _hex(self.rng)
-        fields["snapshot"] = {"id": snapshot, "short_id": snapshot[:8], "paths": list(job.paths), "time": _rfc3339(started)}
+        fields["snapshot"] = {
+            "id": snapshot,
+            "short_id": snapshot[:8],
+            "paths": list(job.paths),
+            "time": _rfc3339(started),
+        }
         fields["stats"] = self._stats(client, job)
         self._add(client.name, finished, **fields)
         self._track_snapshot(client, job, finished, snapshot, runs_left, local)
@@ -261,7 +269,11 @@ class FleetPlan:
     def _error(self, client: ClientSpec, runs_left: int) -> dict[str, Any]:
         if client.name == SCENARIOS.failing and runs_left == 0:
             message = f"restic backup exited 1: Fatal: unable to open config file {MARKUP_IN_ERROR}"
-            return {"exit_code": 1, "message": message, "stderr_tail": "Fatal: unable to open config file: 502 Bad Gateway"}
+            return {
+                "exit_code": 1,
+                "message": message,
+                "stderr_tail": "Fatal: unable to open config file: 502 Bad Gateway",
+            }
         return {"exit_code": 3, "message": "restic backup exited 3: some source files could not be read"}
 
     def _stats(self, client: ClientSpec, job: JobSpec) -> dict[str, int]:
@@ -296,7 +308,9 @@ class FleetPlan:
             started_at=_rfc3339(receipt_at - timedelta(seconds=2)),
             finished_at=_rfc3339(receipt_at),
             repository={"name": client.name},
-            receipt={"snapshots": [{"id": snapshot, "size": self.rng.randint(300, 900), "arrived_at": _rfc3339(arrived)}]},
+            receipt={
+                "snapshots": [{"id": snapshot, "size": self.rng.randint(300, 900), "arrived_at": _rfc3339(arrived)}]
+            },
             tools=TOOLS,
         )
         if receipt is not None:
@@ -323,7 +337,10 @@ class FleetPlan:
             else:
                 fields["restore"] = self._drill_result(client, failed)
                 if failed:
-                    fields["error"] = {"exit_code": 1, "message": "restore drill: 3 restored files differ from the source"}
+                    fields["error"] = {
+                        "exit_code": 1,
+                        "message": "restore drill: 3 restored files differ from the source",
+                    }
             self._add(client.name, finished, tag="failed_drill" if failed else "", **fields)
 
     def _drill_result(self, client: ClientSpec, failed: bool) -> dict[str, Any]:
@@ -357,14 +374,21 @@ class FleetPlan:
                     finished_at=_rfc3339(finished),
                     cadence_seconds=DAY,
                     repository={"name": repository},
-                    offsite={"destination": OFFSITE, "remote": f"b2:bk-fleet/{repository}", "mode": "copy", "snapshots": present},
+                    offsite={
+                        "destination": OFFSITE,
+                        "remote": f"b2:bk-fleet/{repository}",
+                        "mode": "copy",
+                        "snapshots": present,
+                    },
                     tools={"rclone": "1.60.1", "bk": "0.1.0"},
                 )
             night += timedelta(days=1)
 
     def _maintenance(self, repository: str) -> None:
         client = next(c for c in CLIENTS if c.name == repository)
-        sunday = (self.start + timedelta(days=7 - self.start.weekday())).replace(hour=4, minute=0, second=0, microsecond=0)
+        sunday = (self.start + timedelta(days=7 - self.start.weekday())).replace(
+            hour=4, minute=0, second=0, microsecond=0
+        )
         repository_section = {"name": repository, "url": f"/srv/bk-hub/{repository}"}
         while sunday < self.now:
             growth = 1 + (sunday - self.start).days / 365
@@ -372,8 +396,8 @@ class FleetPlan:
             prune_done = forget_done + timedelta(seconds=self.rng.randint(60, 600))
             common = {"cadence_seconds": WEEK, "repository": repository_section, "tools": TOOLS, "status": "success"}
             policy = {"keep_daily": 7, "keep_weekly": 5, "keep_monthly": 12}
-            self._add(HUB, forget_done, kind="forget", started_at=_rfc3339(sunday), finished_at=_rfc3339(forget_done),
-                      forget={"policy": policy, "group_by": "host,paths"}, **common)  # fmt: skip
+            forget = {"policy": policy, "group_by": "host,paths"}
+            self._add(HUB, forget_done, kind="forget", **common, forget=forget, **self._span(sunday, forget_done))
             prune = {
                 "max_unused": "5%",
                 "pruned_blobs": self.rng.randint(10, 900),
@@ -381,9 +405,12 @@ class FleetPlan:
                 "remaining_blobs": int(client.size_gib * 3000 * growth),
                 "remaining_size": f"{client.size_gib * 0.7 * growth:.3f} GiB",
             }
-            self._add(HUB, prune_done, kind="prune", started_at=_rfc3339(forget_done),
-                      finished_at=_rfc3339(prune_done), prune=prune, **common)  # fmt: skip
+            self._add(HUB, prune_done, kind="prune", **common, prune=prune, **self._span(forget_done, prune_done))
             sunday += timedelta(days=7)
+
+    @staticmethod
+    def _span(started: datetime, finished: datetime) -> dict[str, str]:
+        return {"started_at": _rfc3339(started), "finished_at": _rfc3339(finished)}
 
     def _ansible_runs(self) -> None:
         moment = self.start + timedelta(days=2, hours=9)
@@ -494,7 +521,7 @@ def _chain_all(plan: FleetPlan, machines: dict[str, Machine]) -> list[tuple[Acti
 
 def _note_facts(facts: FleetFacts, activity: Activity, machine: Machine) -> None:
     if activity.withheld:
-        low, high = facts.gap_seqs
+        low, _ = facts.gap_seqs
         facts.gap_seqs = (low or machine.seq, machine.seq)
         facts.withheld += 1
     if activity.forged_prev:
@@ -519,5 +546,29 @@ def build_fleet(owner_url: str, app_url: str, key_dir: Path, now: datetime | Non
     missing = {name: _make_key(key_dir, name, "ed25519") for name in SCENARIOS.missing}
     plan.facts.fingerprints = _enroll(owner_url, machines, missing)
     signed = _chain_all(plan, machines)
-    plan.facts.stored = asyncio.run(_deliver(app_url, [envelope for _, envelope in signed]))
+    # In a thread of its own: the caller may run an event loop already (Playwright's sync API does).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        plan.facts.stored = thread.submit(asyncio.run, _deliver(app_url, [e for _, e in signed])).result()
     return plan.facts
+
+
+@dataclass(frozen=True)
+class StoredFleet:
+    database: ReporterDatabase
+    facts: FleetFacts
+
+
+_STORED: dict[str, StoredFleet] = {}
+
+
+def stored_fleet(cluster: LocalCluster, key_dir: Path) -> StoredFleet:
+    """The fleet in a database of its own in this cluster, built once per cluster (a test session)."""
+    if cluster.url() not in _STORED:
+        with psycopg.connect(cluster.url(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE web_fleet")
+        database = migrated(cluster.url("web_fleet"))
+        facts = build_fleet(database.owner_url, database.app_url, key_dir)
+        with psycopg.connect(database.owner_url, autocommit=True) as conn:
+            conn.execute("ANALYZE")  # what autovacuum does after a bulk load, before the pages read
+        _STORED[cluster.url()] = StoredFleet(database, facts)
+    return _STORED[cluster.url()]

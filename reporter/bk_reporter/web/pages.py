@@ -1,0 +1,296 @@
+"""What each page shows: its queries (queries.py) run on one connection, the rows shaped for its template."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import psycopg
+from psycopg.rows import dict_row
+
+from bk_evidence import sshsig
+
+from . import queries
+from .charts import Point, line_chart
+from .timefmt import absolute_text, duration
+
+STATES = ("stale", "missing", "failing", "gap", "unconfirmed", "late", "ok")
+STATE_MEANINGS = {
+    "stale": "no success for twice the job's cadence (48 h for a backup that declares none)",
+    "missing": "enrolled, but has never reported",
+    "failing": "the latest run failed",
+    "gap": "the host's chain misses manifests or has a link that does not hold",
+    "unconfirmed": "the host claims a snapshot that no hub receipt has confirmed",
+    "late": "the next run is overdue (past its cadence and a grace period)",
+    "ok": "on time, confirmed by the hub, chain intact",
+}
+PAGE_SIZE = 50
+SPARK_RUNS = 20
+TREND_RUNS = 60
+LINEAGE_LIMIT = 20
+DRILL_LIMIT = 10
+TIMELINE_PAGE = 50
+DETAIL_LIMIT = 100
+MAX_TEXT = 200
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Row = dict[str, Any]
+
+
+class BadRequest(ValueError):
+    """A query parameter is unusable; the message says which and why."""
+
+
+def _text_parameter(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name) or None
+    if value is not None and ("\x00" in value or len(value) > MAX_TEXT):
+        raise BadRequest(f"{name} is not a usable value")
+    return value
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The overview's filters and page, from and back to a query string."""
+
+    state: str | None = None
+    group: str | None = None
+    job: str | None = None
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> Filters:
+        state = _text_parameter(params, "state")
+        if state is not None and state not in STATES:
+            raise BadRequest(f"state must be one of {', '.join(STATES)}")
+        page = params.get("page", "1")
+        if not page.isdigit() or not 1 <= int(page) <= 100_000:
+            raise BadRequest("page must be a positive number")
+        return cls(state, _text_parameter(params, "group"), _text_parameter(params, "job"), int(page))
+
+    def url(self, **changes: Any) -> str:
+        """The overview's URL with these filters, some changed (a changed filter restarts at page 1)."""
+        changed = replace(self, **changes)
+        if "page" not in changes:
+            changed = replace(changed, page=1)
+        values = {"state": changed.state, "group": changed.group, "job": changed.job}
+        values["page"] = str(changed.page) if changed.page > 1 else None
+        query = urlencode({key: value for key, value in values.items() if value is not None})
+        return f"/?{query}" if query else "/"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"state": self.state, "group": self.group, "job": self.job}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in a host's timeline: the (finished_at, id) of the last event shown."""
+
+    finished_at: datetime
+    event_id: uuid.UUID
+
+    def token(self) -> str:
+        micros = (self.finished_at - EPOCH) // timedelta(microseconds=1)
+        return f"{micros}.{self.event_id}"
+
+    @classmethod
+    def parse(cls, token: str | None) -> Cursor | None:
+        if token is None:
+            return None
+        micros, _, event_id = token.partition(".")
+        try:
+            return cls(EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(event_id))
+        except (ValueError, OverflowError) as exc:
+            raise BadRequest("before is not a position this page handed out") from exc
+
+
+async def _rows(conn: psycopg.AsyncConnection, statement: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(statement, params)
+        return await cursor.fetchall()
+
+
+async def _first(conn: psycopg.AsyncConnection, statement: str, params: Mapping[str, Any]) -> Row | None:
+    found = await _rows(conn, statement, params)
+    return found[0] if found else None
+
+
+# -- fleet overview -------------------------------------------------------------------------
+
+
+def _facets(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
+    facets: dict[str, dict[str, int]] = {"state": dict.fromkeys(STATES, 0), "group": {}, "job": {}}
+    for row in rows:
+        facets[row["facet"]][row["value"]] = row["rows"]
+    facets["group"] = dict(sorted(facets["group"].items()))
+    facets["job"] = dict(sorted(facets["job"].items()))
+    return facets
+
+
+async def overview(conn: psycopg.AsyncConnection, filters: Filters) -> dict[str, Any]:
+    facets = _facets(await _rows(conn, queries.OVERVIEW_FACETS, filters.params))
+    params = {**filters.params, "limit": PAGE_SIZE, "offset": (filters.page - 1) * PAGE_SIZE, "runs": SPARK_RUNS}
+    rows = await _rows(conn, queries.OVERVIEW_PAGE, params)
+    counts = facets["state"]
+    total = counts.get(filters.state, 0) if filters.state else sum(counts.values())
+    return {
+        "filters": filters,
+        "counts": counts,
+        "groups": facets["group"],
+        "jobs": facets["job"],
+        "rows": rows,
+        "total": total,
+        "pages": max(1, math.ceil(total / PAGE_SIZE)),
+        "totals": await _first(conn, queries.FLEET_TOTALS, {}),
+    }
+
+
+# -- host page ------------------------------------------------------------------------------
+
+
+def _trend_charts(job: str, runs: Sequence[Row]) -> list[str]:
+    def points(name: str, scale: float) -> list[Point]:
+        return [
+            Point(
+                run["finished_at"].timestamp(),
+                run[name] / scale,
+                f"{absolute_text(run['finished_at'])} · {run['status']}",
+                "fail" if run["status"] == "failure" else "",
+            )
+            for run in runs
+            if run[name] is not None
+        ]
+
+    first, last = runs[0]["finished_at"], runs[-1]["finished_at"]
+    axis = (absolute_text(first)[:10], absolute_text(last)[:10])
+    return [
+        line_chart(points("duration_seconds", 60), title=f"{job}: duration", unit=" min", x_labels=axis),
+        line_chart(points("data_added", 2**20), title=f"{job}: data added", unit=" MiB", x_labels=axis),
+        line_chart(points("files_changed", 1), title=f"{job}: files changed", x_labels=axis),
+    ]
+
+
+def _trends(rows: Sequence[Row]) -> dict[str, list[str]]:
+    by_job: dict[str, list[Row]] = {}
+    for row in rows:
+        by_job.setdefault(row["job"], []).append(row)
+    return {job: _trend_charts(job, runs) for job, runs in by_job.items()}
+
+
+async def _chain(conn: psycopg.AsyncConnection, summary: Row) -> dict[str, list[Row]]:
+    params = {"host": summary["host"], "limit": DETAIL_LIMIT}
+    gaps = await _rows(conn, queries.CHAIN_GAPS, params) if summary["chain_missing"] else []
+    breaks = await _rows(conn, queries.CHAIN_BREAKS, params) if summary["chain_breaks"] else []
+    return {"gaps": gaps, "breaks": breaks}
+
+
+async def _timeline(conn: psycopg.AsyncConnection, host: str, before: Cursor | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"host": host, "limit": TIMELINE_PAGE + 1}
+    statement = queries.TIMELINE_FIRST
+    if before is not None:
+        statement = queries.TIMELINE_AFTER
+        params |= {"before_time": before.finished_at, "before_id": before.event_id}
+    rows = await _rows(conn, statement, params)
+    shown = rows[:TIMELINE_PAGE]
+    more = len(rows) > TIMELINE_PAGE
+    older = Cursor(shown[-1]["finished_at"], shown[-1]["id"]).token() if more else None
+    return {"events": shown, "older": older, "paged": before is not None}
+
+
+async def host_page(conn: psycopg.AsyncConnection, host: str, before: Cursor | None) -> dict[str, Any] | None:
+    summary = await _first(conn, queries.HOST_SUMMARY, {"host": host})
+    if summary is None:
+        return None
+    params = {"host": host, "limit": DETAIL_LIMIT}
+    return {
+        "host": summary,
+        "keys": await _rows(conn, queries.HOST_KEYS, params),
+        "jobs": await _rows(conn, queries.HOST_JOBS, params),
+        "chain": await _chain(conn, summary),
+        "trends": _trends(await _rows(conn, queries.HOST_TRENDS, {"host": host, "runs": TREND_RUNS})),
+        "lineage": await _rows(conn, queries.HOST_LINEAGE, {"host": host, "limit": LINEAGE_LIMIT}),
+        "unclaimed": await _rows(conn, queries.UNCLAIMED_SNAPSHOTS, {"host": host, "limit": LINEAGE_LIMIT}),
+        "drills": await _rows(conn, queries.HOST_DRILLS, {"host": host, "limit": DRILL_LIMIT}),
+        "timeline": await _timeline(conn, host, before),
+        "trend_runs": TREND_RUNS,
+    }
+
+
+# -- stale and missing ----------------------------------------------------------------------
+
+
+async def overdue_page(conn: psycopg.AsyncConnection) -> dict[str, Any]:
+    return {
+        "overdue": await _rows(conn, queries.OVERDUE),
+        "never": await _rows(conn, queries.NEVER_REPORTED),
+    }
+
+
+# -- one event ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict shown with a mark: ok (✓), warn (…) or bad (✗)."""
+
+    mark: str
+    text: str
+
+
+def verify_now(row: Row) -> Check:
+    """Verify the stored signature over the stored bytes again, with the enrolled key."""
+    if row["public_key"] is None:
+        return Check("bad", "the key that verified it on receipt is no longer enrolled for this host")
+    try:
+        sshsig.verify(row["manifest"].encode("utf-8"), row["signature"], [row["public_key"]])
+    except sshsig.SignatureError as exc:
+        return Check("bad", f"the stored signature does NOT verify over the stored manifest: {exc}")
+    return Check("ok", "the stored signature verifies over the stored manifest bytes with this key (checked now)")
+
+
+def link_checks(row: Row) -> list[Check]:
+    """Does this manifest link to its predecessor, and its successor to it?"""
+    seq = row["seq"]
+    if seq == 1:
+        backward = (
+            Check("ok", "seq 1 starts the chain") if row["prev"] is None else Check("bad", "seq 1 names a predecessor")
+        )
+    elif row["previous_id"] is None:
+        backward = Check("warn", f"seq {seq - 1} has not arrived: a gap before this manifest")
+    elif row["previous_sha256"] == row["prev"]:
+        backward = Check("ok", f"prev is the SHA-256 of seq {seq - 1}")
+    else:
+        backward = Check("bad", f"prev is not the SHA-256 of the stored seq {seq - 1}: a fork or a rewritten history")
+    if row["next_id"] is None and seq == row["chain_last_seq"]:
+        forward = Check("ok", "the newest manifest of this host's chain so far")
+    elif row["next_id"] is None:
+        forward = Check("warn", f"seq {seq + 1} has not arrived: a gap after this manifest")
+    elif row["next_prev"] == row["sha256"]:
+        forward = Check("ok", f"seq {seq + 1} names this manifest as its prev")
+    else:
+        forward = Check("bad", f"seq {seq + 1} names another manifest as its prev: a fork")
+    return [backward, forward]
+
+
+def pretty_manifest(text: str) -> str:
+    """The manifest indented for reading; the signed bytes are shown separately, verbatim."""
+    return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+
+
+async def event_page(conn: psycopg.AsyncConnection, event_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await _first(conn, queries.EVENT, {"id": event_id})
+    if row is None:
+        return None
+    return {
+        "event": row,
+        "verification": verify_now(row),
+        "links": link_checks(row),
+        "pretty": pretty_manifest(row["manifest"]),
+        "duration": duration(row["duration_seconds"]),
+    }

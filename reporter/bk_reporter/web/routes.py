@@ -1,0 +1,177 @@
+"""The read-only pages: routes, templates and the page protection around the whole app.
+
+Every page is a GET that reads; none offers an action. Answers carry a Server-Timing header
+(database and template time), which bench/ui.py reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.runtime import Context
+from markupsafe import Markup
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import pages
+from .charts import sparkline
+from .security import PageAuth, PageProtection
+from .timefmt import absolute_tag, age, duration, relative, time_tag
+from .units import size
+
+ENV_PREFIX = "BK_REPORTER_"
+PAGE_AUTH_SETTINGS = ("page_basic_user", "page_basic_password", "page_bearer_token")
+
+
+@pass_context
+def _ago(context: Context, moment: datetime | None) -> Markup:
+    return time_tag(moment, context["now"])
+
+
+@pass_context
+def _rel(context: Context, moment: datetime | None) -> str:
+    return relative(moment, context["now"])
+
+
+@pass_context
+def _since(context: Context, moment: datetime | None) -> str:
+    """How long ago, without "ago": for "no success for 5 d 2 h"."""
+    return "" if moment is None else age(context["now"] - moment)
+
+
+def _spark(values: list[float] | None, title: str) -> Markup:
+    return sparkline([v for v in values or [] if v is not None], title=title)
+
+
+def _environment() -> Environment:
+    environment = Environment(
+        loader=PackageLoader("bk_reporter.web", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(
+        ago=_ago, rel=_rel, since=_since, when=absolute_tag, size=size, duration=duration, spark=_spark
+    )
+    environment.globals.update(states=pages.STATES, meanings=pages.STATE_MEANINGS)
+    return environment
+
+
+TEMPLATES = _environment()
+
+
+class _Timer:
+    """Milliseconds spent reading the database and rendering, for the Server-Timing header."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.db_ms = 0.0
+
+    def database_done(self) -> None:
+        self.db_ms = (time.perf_counter() - self.started) * 1000
+
+    def header(self) -> str:
+        total = (time.perf_counter() - self.started) * 1000
+        return f"db;dur={self.db_ms:.1f}, render;dur={total - self.db_ms:.1f}, total;dur={total:.1f}"
+
+
+def _render(template: str, context: Mapping[str, Any], timer: _Timer, status: int = 200) -> Response:
+    html = TEMPLATES.get_template(template).render(**context, now=datetime.now(UTC))
+    headers = {"Server-Timing": timer.header(), "Cache-Control": "no-store"}
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def _problem(status: int, title: str, message: str, timer: _Timer) -> Response:
+    return _render("problem.html", {"title": title, "message": message}, timer, status)
+
+
+Loader = Callable[[Any], Awaitable[Any]]
+
+
+async def _load(request: Request, load: Loader) -> Any:
+    async with request.app.state.reporter.pool.connection() as conn:
+        return await load(conn)
+
+
+async def overview(request: Request) -> Response:
+    timer = _Timer()
+    try:
+        filters = pages.Filters.from_query(request.query_params)
+    except pages.BadRequest as exc:
+        return _problem(400, "Bad request", str(exc), timer)
+    context = await _load(request, lambda conn: pages.overview(conn, filters))
+    timer.database_done()
+    return _render("overview.html", context, timer)
+
+
+async def host(request: Request) -> Response:
+    timer = _Timer()
+    name = request.path_params["host"]
+    try:
+        before = pages.Cursor.parse(request.query_params.get("before"))
+    except pages.BadRequest as exc:
+        return _problem(400, "Bad request", str(exc), timer)
+    context = None
+    if "\x00" not in name and len(name) <= pages.MAX_TEXT:
+        context = await _load(request, lambda conn: pages.host_page(conn, name, before))
+    timer.database_done()
+    if context is None:
+        return _problem(404, "No such host", f"{name!r} is neither enrolled nor reporting.", timer)
+    return _render("host.html", context, timer)
+
+
+async def overdue(request: Request) -> Response:
+    timer = _Timer()
+    context = await _load(request, pages.overdue_page)
+    timer.database_done()
+    return _render("overdue.html", context, timer)
+
+
+async def event(request: Request) -> Response:
+    timer = _Timer()
+    try:
+        event_id = uuid.UUID(request.path_params["id"])
+    except ValueError:
+        return _problem(404, "No such event", "That is not an event id.", timer)
+    context = await _load(request, lambda conn: pages.event_page(conn, event_id))
+    timer.database_done()
+    if context is None:
+        return _problem(404, "No such event", "No event with this id is stored.", timer)
+    return _render("event.html", context, timer)
+
+
+def page_routes() -> list[BaseRoute]:
+    return [
+        Route("/", overview, methods=["GET"]),
+        Route("/overdue", overdue, methods=["GET"]),
+        Route("/hosts/{host}", host, methods=["GET"]),
+        Route("/events/{id}", event, methods=["GET"]),
+        Mount("/static", StaticFiles(packages=[("bk_reporter.web", "static")]), name="static"),
+    ]
+
+
+def page_auth_from_environment(environ: Mapping[str, str] | None = None) -> PageAuth:
+    """Page credentials from BK_REPORTER_PAGE_BASIC_USER/_PASSWORD or BK_REPORTER_PAGE_BEARER_TOKEN."""
+    environ = os.environ if environ is None else environ
+    values = {name: environ.get(ENV_PREFIX + name.upper()) or None for name in PAGE_AUTH_SETTINGS}
+    return PageAuth(
+        basic_user=values["page_basic_user"],
+        basic_password=values["page_basic_password"],
+        bearer_token=values["page_bearer_token"],
+    )
+
+
+def install_pages(app: Starlette, auth: PageAuth) -> None:
+    """Add the pages and static files to the reporter's app, and protect every answer it gives."""
+    app.router.routes.extend(page_routes())
+    app.add_middleware(PageProtection, auth=auth)
