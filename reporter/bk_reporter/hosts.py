@@ -17,9 +17,10 @@ from psycopg.rows import dict_row
 
 from bk_evidence import sshsig
 
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,252}$")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,252}")
 KEY_TYPE = re.compile(r"^(ssh-|ecdsa-|sk-)")
 QUOTED_OR_PLAIN_TOKEN = re.compile(r'(?:"[^"]*"|[^\s"])+')
+QUOTED_OR_PLAIN_OPTION = re.compile(r'(?:"[^"]*"|[^,"])+')
 PATTERN_CHARACTERS = set("*?!")
 
 
@@ -38,7 +39,7 @@ class HostKey:
 
 def host_key(host: str, line: str) -> HostKey:
     """A host name and an OpenSSH public key line (`keytype base64 [comment]`), checked."""
-    if not HOST_NAME.match(host):
+    if not HOST_NAME.fullmatch(host):
         raise EnrollmentError(f"{host!r} is not a usable host name (letters, digits and _.:@- only)")
     try:
         public_key = sshsig.normalize_public_key(line)
@@ -62,7 +63,7 @@ def _signers_line(line: str) -> list[HostKey]:
 
 
 def _check_options(options: str) -> None:
-    for option in options.split(","):
+    for option in QUOTED_OR_PLAIN_OPTION.findall(options):
         name, _, value = option.partition("=")
         if name.lower() == "namespaces" and sshsig.NAMESPACE not in value.strip('"').split(","):
             raise EnrollmentError(f"the key is restricted to namespaces {value} (bk needs {sshsig.NAMESPACE})")

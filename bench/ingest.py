@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: the reporter against the raw insert rate of equivalent rows.
+
+On loopback, with a private PostgreSQL cluster with fsync on, in one run it prints:
+
+1. raw: executemany of equivalent rows into a table shaped like events (same columns
+   and indexes, no triggers) in one transaction, the baseline;
+2. single: POST /api/v1/manifests at concurrency 32, with p50 and p99 latency;
+3. batch: POST /api/v1/manifests/batch;
+
+each with its ratio to the raw rate, and checks that nothing was lost (rows stored equal
+2xx answers). The reporter runs as `bk-reporter serve` in its own process; the load
+generator is a small keep-alive HTTP/1.1 client on asyncio, so that its own cost stays low.
+
+    .venv/bin/python bench/ingest.py [--single 6000] [--batch 30000] [--batch-size 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bk_evidence import manifest as bk_manifest
+from bk_evidence import sshsig
+from bk_reporter import db, hosts
+from bk_reporter.pgcluster import LocalCluster, find_server_bin
+
+APP_ROLE = "bk_reporter_app"
+RAW_COLUMNS = (
+    "id, host, seq, prev, sha256, kind, status, job, started_at, finished_at, key_fingerprint, repository_name, "
+    "repository_url, snapshot_id, cadence_seconds, data_added, files_new, files_changed, files_unmodified, "
+    "bytes_processed, manifest, signature"
+)
+
+
+@dataclass
+class BenchHost:
+    name: str
+    key_path: Path
+    public_line: str
+    seq: int = 0
+    prev: str | None = None
+
+    def envelope(self, finished: datetime) -> dict[str, str]:
+        self.seq += 1
+        doc = bk_manifest.new_manifest(
+            "backup",
+            "success",
+            finished - timedelta(seconds=42),
+            finished,
+            job="home",
+            cadence_seconds=86400,
+            repository={"name": "hub", "url": f"rest:https://hub.example:8000/{self.name}/"},
+            snapshot={"id": uuid.uuid4().hex + uuid.uuid4().hex, "paths": ["/home", "/etc"]},
+            stats={
+                "data_added": 123456,
+                "files_new": 3,
+                "files_changed": 5,
+                "files_unmodified": 4000,
+                "total_bytes_processed": 987654321,
+                "total_duration": 41.5,
+            },
+            tools={"restic": "0.14.0", "bk": "0.1.0"},
+        )
+        doc.update(host=self.name, seq=self.seq, prev=self.prev)
+        text = bk_manifest.dumps(doc)
+        self.prev = bk_manifest.sha256_hex(text)
+        return {"manifest": text, "signature": sshsig.sign(text.encode(), str(self.key_path))}
+
+
+def make_hosts(directory: Path, count: int) -> list[BenchHost]:
+    fleet = []
+    for index in range(count):
+        key = ed25519.Ed25519PrivateKey.generate()
+        path = directory / f"host{index:04d}"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+        path.chmod(0o600)
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        fleet.append(BenchHost(f"host{index:04d}", path, public.decode()))
+    return fleet
+
+
+def make_envelopes(fleet: list[BenchHost], count: int) -> list[dict[str, str]]:
+    start = datetime.now(UTC) - timedelta(days=30)
+    return [fleet[i % len(fleet)].envelope(start + timedelta(seconds=i)) for i in range(count)]
+
+
+# -- the baseline --------------------------------------------------------------------------------
+
+
+def raw_rows(envelopes: list[dict[str, str]]) -> list[tuple[object, ...]]:
+    rows = []
+    for envelope in envelopes:
+        doc = json.loads(envelope["manifest"])
+        stats = doc["stats"]
+        rows.append(
+            (
+                *(doc[key] for key in ("id", "host", "seq", "prev")),
+                bk_manifest.sha256_hex(envelope["manifest"]),
+                *(doc[key] for key in ("kind", "status", "job", "started_at", "finished_at")),
+                sshsig.fingerprint(sshsig.signature_public_key(envelope["signature"])),
+                doc["repository"]["name"],
+                doc["repository"]["url"],
+                doc["snapshot"]["id"],
+                doc["cadence_seconds"],
+                *(stats[key] for key in ("data_added", "files_new", "files_changed", "files_unmodified")),
+                stats["total_bytes_processed"],
+                envelope["manifest"],
+                envelope["signature"],
+            )
+        )
+    return rows
+
+
+def raw_insert_rate(owner_url: str, envelopes: list[dict[str, str]]) -> float:
+    rows = raw_rows(envelopes)
+    placeholders = ", ".join(["%s"] * len(rows[0]))
+    with psycopg.connect(owner_url) as conn:
+        conn.execute("CREATE TABLE bench_raw (LIKE events INCLUDING ALL)")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO bench_raw ({RAW_COLUMNS}) VALUES ({placeholders})", rows)
+        conn.commit()
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_raw")
+        conn.commit()
+    return len(rows) / elapsed
+
+
+# -- a lean HTTP/1.1 client ------------------------------------------------------------------------
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def post_singles(port: int, bodies: list[bytes], concurrency: int) -> tuple[float, list[float], list[int]]:
+    queue = list(reversed(bodies))
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def worker() -> None:
+        connection = await Connection.open(port)
+        while queue:
+            body = queue.pop()
+            sent = time.perf_counter()
+            status, _ = await connection.post("/api/v1/manifests", body)
+            latencies.append(time.perf_counter() - sent)
+            statuses.append(status)
+        connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies, statuses
+
+
+async def post_batches(port: int, batches: list[bytes], concurrency: int) -> tuple[float, list[int]]:
+    queue = list(reversed(batches))
+    statuses: list[int] = []
+
+    async def worker() -> None:
+        connection = await Connection.open(port)
+        while queue:
+            status, body = await connection.post("/api/v1/manifests/batch", queue.pop())
+            if status != 200:
+                raise RuntimeError(f"batch answered {status}: {body[:200]!r}")
+            statuses.extend(item["status"] for item in json.loads(body))
+        connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, statuses
+
+
+# -- running it --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_reporter(cluster: LocalCluster, database: str, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "BK_REPORTER_DATABASE_URL": cluster.url(database, user=APP_ROLE),
+        "BK_REPORTER_OWNER_DATABASE_URL": cluster.url(database),
+        "BK_REPORTER_LOG_LEVEL": "warning",
+    }
+    reporter = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bk-reporter"), "serve", "--listen", f"127.0.0.1:{port}"], env=env
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return reporter
+        except OSError:
+            time.sleep(0.1)
+    reporter.kill()
+    raise RuntimeError("the reporter did not start")
+
+
+def stored_events(owner_url: str) -> int:
+    with psycopg.connect(owner_url) as conn:
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def describe_machine() -> str:
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")]  # fmt: skip
+    postgres = str(find_server_bin() / "postgres")
+    server = subprocess.run([postgres, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    cpu = models[0] if models else platform.processor()
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {server}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument("--raw", type=int, default=20000, help="rows for the raw insert baseline")
+    parser.add_argument("--single", type=int, default=6000, help="manifests posted one per request")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=30000, help="manifests posted in batches")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-concurrency", type=int, default=2)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="bk-bench-"))
+    scratch.chmod(0o755)
+    cluster = LocalCluster.under(scratch / "pg", fsync=True)
+    reporter = None
+    try:
+        print(f"machine: {describe_machine()}; fsync on, loopback, unix socket to PostgreSQL", flush=True)
+        cluster.start()
+        with psycopg.connect(cluster.url(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        owner_url = cluster.url("bench")
+        db.migrate(owner_url, APP_ROLE)
+
+        fleet = make_hosts(scratch, args.hosts)
+        with psycopg.connect(owner_url, autocommit=True) as conn:
+            hosts.enroll(conn, [hosts.host_key(h.name, h.public_line) for h in fleet])
+        print(f"signing {args.raw + args.single + args.batch} manifests of {args.hosts} hosts...", flush=True)
+        (scratch / "raw").mkdir()
+        raw = make_envelopes(make_hosts(scratch / "raw", 50), args.raw)
+        singles = [json.dumps(e).encode() for e in make_envelopes(fleet, args.single)]
+        batch_envelopes = make_envelopes(fleet, args.batch)
+        batches = [
+            json.dumps(batch_envelopes[i : i + args.batch_size]).encode() for i in range(0, args.batch, args.batch_size)
+        ]
+
+        raw_rate = raw_insert_rate(owner_url, raw)
+        print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
+
+        port = free_port()
+        reporter = start_reporter(cluster, "bench", port)
+        elapsed, latencies, statuses = asyncio.run(post_singles(port, singles, args.concurrency))
+        single_rate = len(singles) / elapsed
+        p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+        print(
+            f"single POST, {args.concurrency:2d} clients:  {single_rate:9.0f} manifests/s  (ratio {single_rate / raw_rate:.2f}; "
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, mean {statistics.fmean(latencies) * 1000:.1f} ms)"
+        )
+        single_ok = sum(1 for s in statuses if 200 <= s < 300)
+        after_single = stored_events(owner_url)
+
+        elapsed, batch_statuses = asyncio.run(post_batches(port, batches, args.batch_concurrency))
+        batch_rate = args.batch / elapsed
+        print(
+            f"batch POST ({args.batch_size}/request, {args.batch_concurrency} clients): {batch_rate:9.0f} manifests/s  "
+            f"(ratio {batch_rate / raw_rate:.2f})"
+        )
+        batch_ok = sum(1 for s in batch_statuses if 200 <= s < 300)
+        stored = stored_events(owner_url)
+        lost = (single_ok + batch_ok) - stored
+        print(
+            f"answers 2xx: {single_ok} single + {batch_ok} batch; rows stored: {after_single} + {stored - after_single}; "
+            f"lost: {lost}; non-2xx: {len(statuses) - single_ok + len(batch_statuses) - batch_ok}"
+        )
+        return 0 if lost == 0 and single_ok == len(statuses) and batch_ok == len(batch_statuses) else 1
+    finally:
+        if reporter is not None:
+            reporter.terminate()
+            reporter.wait(timeout=60)
+        cluster.destroy()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

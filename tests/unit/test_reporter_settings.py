@@ -1,0 +1,71 @@
+"""Reporter settings: defaults < TOML file < environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bk_reporter.settings import Settings, SettingsError, load, mask_url
+
+
+def test_each_source_overrides_the_one_before(tmp_path: Path) -> None:
+    config = tmp_path / "reporter.toml"
+    config.write_text('listen = "0.0.0.0:9000"\npool_size = 4\ndata_dir = "/srv/from-file"\n')
+    environ = {"BK_REPORTER_POOL_SIZE": "8", "BK_REPORTER_DATA_DIR": "/srv/from-env"}
+    settings = load({"data_dir": "/srv/from-flag"}, config, environ)
+    assert (settings.listen, settings.pool_size, settings.data_dir) == ("0.0.0.0:9000", 8, Path("/srv/from-flag"))
+    assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 9000)
+
+
+def test_the_config_file_may_come_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "reporter.toml"
+    config.write_text('database_url = "postgresql://app@db/bk"\n')
+    settings = load({}, None, {"BK_REPORTER_CONFIG": str(config)})
+    assert settings.database_url == "postgresql://app@db/bk" and not settings.embedded
+
+
+def test_without_a_database_url_the_reporter_is_embedded() -> None:
+    settings = load({}, None, {})
+    assert settings.embedded and settings.database_url is None
+    assert settings.listen == "127.0.0.1:8080"
+    assert settings.max_manifest_bytes == 256 * 1024 and settings.max_batch_bytes == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"BK_REPORTER_POOL_SIZE": "many"}, "pool_size must be an integer"),
+        ({"BK_REPORTER_MAX_BATCH_BYTES": "0"}, "max_batch_bytes must be positive"),
+        ({"BK_REPORTER_LISTEN": "8080"}, "listen must be HOST:PORT"),
+        ({"BK_REPORTER_LISTEN": "[::1]:99999"}, "listen must be HOST:PORT"),
+        ({"BK_REPORTER_TLS_CERT": "/etc/cert.pem"}, "tls_cert and tls_key must be given together"),
+    ],
+)
+def test_unusable_values_are_named(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load({}, None, environ)
+
+
+def test_a_config_file_with_unknown_keys_or_bad_toml_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "reporter.toml"
+    config.write_text('listne = "127.0.0.1:1"\n')
+    with pytest.raises(SettingsError, match="unknown keys: listne"):
+        load({}, config, {})
+    config.write_text("listen = \n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load({}, config, {})
+    with pytest.raises(SettingsError, match="cannot read"):
+        load({}, tmp_path / "absent.toml", {})
+
+
+def test_ipv6_listen_addresses_are_understood() -> None:
+    settings = load({"listen": "[::1]:8443"}, None, {})
+    assert (settings.listen_host, settings.listen_port) == ("::1", 8443)
+
+
+def test_passwords_never_reach_the_logs() -> None:
+    assert mask_url("postgresql://app:s3cret@db.example:5432/bk") == "postgresql://app:***@db.example:5432/bk"
+    assert mask_url("postgresql://app@/bk?host=/run") == "postgresql://app@/bk?host=/run"
+    view = Settings(database_url="postgresql://a:pw@h/d", owner_database_url="postgresql://o:pw2@h/d").public_view()
+    assert "pw" not in str(view).replace("***", "")
