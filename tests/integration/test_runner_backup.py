@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import bcrypt
 import jsonschema
 import pytest
 from bk_evidence_testing import (
@@ -225,3 +231,44 @@ def test_a_broken_state_directory_does_not_stop_the_backup(host: Host) -> None:
     assert result.returncode == 0
     assert "could not record a backup manifest" in result.stderr
     assert len(json.loads(host.restic("snapshots", "--json"))) == 1
+
+
+@pytest.fixture
+def append_only_hub(tmp_path: Path) -> Iterator[str]:
+    """`rclone serve restic --append-only --private-repos` on loopback; the client's repository URL."""
+    if not shutil.which("rclone"):
+        pytest.skip("rclone is not installed")
+    hashed = bcrypt.hashpw(b"hub-secret-for-web1", bcrypt.gensalt()).decode()
+    (tmp_path / "htpasswd").write_text(f"web1:{hashed}\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", "--append-only", "--private-repos"]
+    server = subprocess.Popen([*command, "--htpasswd", str(tmp_path / "htpasswd"), str(tmp_path / "hub-data")])
+    try:
+        for _attempt in range(100):
+            with socket.socket() as client, contextlib.suppress(OSError):
+                client.connect(("127.0.0.1", port))
+                break
+            time.sleep(0.05)
+        yield f"rest:http://web1:hub-secret-for-web1@127.0.0.1:{port}/web1/"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_backup_to_an_append_only_rest_hub_records_no_credentials(host: Host, append_only_hub: str) -> None:
+    location = host.root / "hub.repository"
+    location.write_text(append_only_hub + "\n")
+    env = dict(os.environ, RESTIC_PASSWORD_FILE=str(host.password_file), RESTIC_REPOSITORY_FILE=str(location))
+    subprocess.run([RESTIC, "init", "-q"], env=env, check=True)
+    entry = {"name": "hub", "repository_file": str(location), "password_file": str(host.password_file)}
+    host.job(repositories=[entry], check={"read_data_subset": "10%"})
+    assert host.run("backup", "home").returncode == 0
+    assert host.run("check", "home").returncode == 0
+    backup, check = host.outbox()
+    assert backup["repository"]["url"] == append_only_hub.replace("web1:hub-secret-for-web1@", "")
+    assert backup["status"] == "success" and check["status"] == "success" and backup["snapshot"]["id"]
+    for path in [*(host.root / "spool").rglob("*"), *(host.root / "state").rglob("*")]:
+        if path.is_file():
+            assert "hub-secret-for-web1" not in path.read_text(errors="replace"), path
