@@ -14,7 +14,8 @@ description:
     counts, duration, check mode) as an C(ansible-run) manifest signed with the controller key O(key),
     chained like a host's manifests under the name O(host).
   - Collects the signed manifests that tasks return (the C(envelope) of M(bkfleet.backup.manifest),
-    or C(bk_envelope) / C(bk_envelopes) of any task) and forwards them unchanged.
+    or C(bk_envelope) / C(bk_envelopes) of any task, also as facts set by C(ansible.builtin.set_fact))
+    and forwards them unchanged.
   - At the end of the run it posts everything to the reporter's batch endpoint in one request,
     bounded by O(timeout). When the reporter cannot be reached the manifests wait in O(spool_dir) and
     go with the next run. It never fails, and never holds up, a playbook; problems become warnings.
@@ -118,9 +119,10 @@ def is_envelope(value: object) -> bool:
 def envelopes_in(result: dict) -> list:
     """Envelopes a task returned, including those of its loop items."""
     found = [result[key] for key in ENVELOPE_KEYS if is_envelope(result.get(key))]
-    many = result.get("bk_envelopes")
-    if isinstance(many, list):
-        found.extend(item for item in many if is_envelope(item))
+    facts = result.get("ansible_facts")
+    for many in (result.get("bk_envelopes"), facts.get("bk_envelopes") if isinstance(facts, dict) else None):
+        if isinstance(many, list):
+            found.extend(item for item in many if is_envelope(item))
     for item in result.get("results") or []:
         if isinstance(item, dict):
             found.extend(envelopes_in(item))

@@ -11,7 +11,9 @@ import pytest
 import yaml
 from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line, silent_listener
 
-from bk_evidence import manifest
+from bk_evidence import manifest, sshsig
+from bk_evidence.chain import Chain
+from bk_evidence.spool import Spool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +39,7 @@ class Controller:
     def keys(self) -> dict[str, list[str]]:
         return {"controller": [public_line(self.controller_key)], "web1": [public_line(self.host_key)]}
 
-    def playbook(self, *, fail: bool = False) -> Path:
+    def playbook(self, *, fail: bool = False, extra: list[dict] | None = None) -> Path:
         tasks: list[dict] = [
             {
                 "name": "record a drill",
@@ -51,13 +53,16 @@ class Controller:
         ]
         if fail:
             tasks.append({"name": "a failing step", "ansible.builtin.command": "false", "changed_when": False})
+        tasks.extend(extra or [])
         path = self.root / "drill.yml"
         path.write_text(
             yaml.safe_dump([{"name": "drill", "hosts": "localhost", "gather_facts": False, "tasks": tasks}])
         )
         return path
 
-    def run(self, url: str | None, *, fail: bool = False, **extra_env: str) -> subprocess.CompletedProcess:
+    def run(
+        self, url: str | None, *, fail: bool = False, extra: list[dict] | None = None, **extra_env: str
+    ) -> subprocess.CompletedProcess:
         env = {
             **os.environ,
             "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".cache" / "collections"),
@@ -83,7 +88,12 @@ class Controller:
             "ansible_python_interpreter=/usr/bin/python3",
         ]
         return subprocess.run(
-            [*command, str(self.playbook(fail=fail))], env=env, capture_output=True, text=True, timeout=300, check=False
+            [*command, str(self.playbook(fail=fail, extra=extra))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
 
     def waiting(self) -> list[dict]:
@@ -158,3 +168,20 @@ def test_problems_become_warnings_never_failures(controller: Controller) -> None
 def test_without_a_url_manifests_accumulate(controller: Controller) -> None:
     assert controller.run(None).returncode == 0
     assert sorted(doc["host"] for doc in controller.waiting()) == ["controller", "web1"]
+
+
+def test_envelopes_set_as_a_fact_are_forwarded(controller: Controller) -> None:
+    """As a playbook does with the output of `bk-run backup JOB --json`."""
+    now = manifest.utc_now()
+    doc = manifest.new_manifest("backup", "success", now, now, job="home")
+    envelope = Chain(str(controller.root / "host-state"), "web1", Spool(str(controller.root / "elsewhere"))).append(
+        doc, lambda data: sshsig.sign(data, str(controller.host_key))
+    )
+    printed = controller.root / "bk-run-output.json"
+    printed.write_text(json.dumps({"exit_code": 0, "envelopes": [envelope]}))
+    fact = {"bk_envelopes": "{{ (lookup('ansible.builtin.file', '" + str(printed) + "') | from_json).envelopes }}"}
+    with FakeReporter(controller.keys()) as reporter:
+        result = controller.run(reporter.url, extra=[{"ansible.builtin.set_fact": fact}])
+        assert result.returncode == 0, result.stdout
+        ids = {stored["id"] for stored in reporter.manifests()}
+    assert doc["id"] in ids
