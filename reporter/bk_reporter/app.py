@@ -1,4 +1,7 @@
-"""The reporter's ASGI application (Starlette): ingest, fleet state, events, metrics."""
+"""The reporter's ASGI application (Starlette): ingest, fleet state, events, metrics.
+
+The read-only web pages (bk_reporter.web) are installed on the same application.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from . import fleet, metrics, openapi
 from .ingest import Limits, Outcome, parse_json_body
 from .receive import receive
 from .settings import Settings
-from .web.routes import install_pages, page_auth_from_environment
+from .web.routes import install_pages
+from .web.security import PageAuth
 
 log = logging.getLogger("bk_reporter.app")
 
@@ -249,5 +253,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         },
     )
     app.state.reporter = reporter
-    install_pages(app, page_auth_from_environment())
+    page_auth = PageAuth(
+        basic_user=settings.page_basic_user,
+        basic_password=settings.page_basic_password,
+        bearer_token=settings.page_bearer_token,
+    )
+    install_pages(app, page_auth)
     return app

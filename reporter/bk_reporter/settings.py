@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "BK_REPORTER_"
 CONFIG_ENV = "BK_REPORTER_CONFIG"
+SECRET_SETTINGS = ("page_basic_password", "page_bearer_token")
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,10 @@ class Settings:
     future_tolerance_seconds: int = 300
     pool_size: int = 16
     log_level: str = "info"
+    # Optional protection of the read-only pages, /metrics and the read API (never of ingest).
+    page_basic_user: str | None = None
+    page_basic_password: str | None = None
+    page_bearer_token: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -65,10 +70,12 @@ class Settings:
         return _split_listen(self.listen)[1]
 
     def public_view(self) -> dict[str, Any]:
-        """The settings as loggable values: passwords in URLs are masked."""
+        """The settings as loggable values: passwords (in URLs too) and tokens are masked."""
         view = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key in ("database_url", "owner_database_url"):
             view[key] = mask_url(view[key])
+        for key in SECRET_SETTINGS:
+            view[key] = None if view[key] is None else "***"
         return {key: str(value) if isinstance(value, Path) else value for key, value in view.items()}
 
 

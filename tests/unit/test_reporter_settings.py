@@ -67,5 +67,13 @@ def test_ipv6_listen_addresses_are_understood() -> None:
 def test_passwords_never_reach_the_logs() -> None:
     assert mask_url("postgresql://app:s3cret@db.example:5432/bk") == "postgresql://app:***@db.example:5432/bk"
     assert mask_url("postgresql://app@/bk?host=/run") == "postgresql://app@/bk?host=/run"
-    view = Settings(database_url="postgresql://a:pw@h/d", owner_database_url="postgresql://o:pw2@h/d").public_view()
-    assert "pw" not in str(view).replace("***", "")
+    view = Settings(
+        database_url="postgresql://a:pw@h/d",
+        owner_database_url="postgresql://o:pw2@h/d",
+        page_basic_password="hunter2",
+        page_bearer_token="t0ken",
+    ).public_view()
+    assert not {"pw", "hunter2", "t0ken"} & set(
+        str(view).replace("***", "").replace(":", " ").replace("@", " ").split()
+    )
+    assert (view["page_basic_password"], view["page_bearer_token"], view["page_basic_user"]) == ("***", "***", None)
