@@ -124,27 +124,18 @@ async def _first(conn: psycopg.AsyncConnection, statement: str, params: Mapping[
 # -- fleet overview -------------------------------------------------------------------------
 
 
-def _facets(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
-    facets: dict[str, dict[str, int]] = {"state": dict.fromkeys(STATES, 0), "group": {}, "job": {}}
-    for row in rows:
-        facets[row["facet"]][row["value"]] = row["rows"]
-    facets["group"] = dict(sorted(facets["group"].items()))
-    facets["job"] = dict(sorted(facets["job"].items()))
-    return facets
-
-
 async def overview(conn: psycopg.AsyncConnection, filters: Filters) -> dict[str, Any]:
-    facets = _facets(await _rows(conn, queries.OVERVIEW_FACETS, filters.params))
     params = {**filters.params, "limit": PAGE_SIZE, "offset": (filters.page - 1) * PAGE_SIZE, "runs": SPARK_RUNS}
-    rows = await _rows(conn, queries.OVERVIEW_PAGE, params)
-    counts = facets["state"]
-    total = counts.get(filters.state, 0) if filters.state else sum(counts.values())
+    rows = await _rows(conn, queries.OVERVIEW, params)
+    facets = rows[0]["facets"]
+    counts = {state: facets["state"].get(state, 0) for state in STATES}
+    total = counts[filters.state] if filters.state else sum(counts.values())
     return {
         "filters": filters,
         "counts": counts,
-        "groups": facets["group"],
-        "jobs": facets["job"],
-        "rows": rows,
+        "groups": dict(sorted(facets["group"].items())),
+        "jobs": dict(sorted(facets["job"].items())),
+        "rows": [row for row in rows if row["host"] is not None],
         "total": total,
         "pages": max(1, math.ceil(total / PAGE_SIZE)),
         "totals": await _first(conn, queries.FLEET_TOTALS, {}),

@@ -22,48 +22,61 @@ SELECT e.id, e.status, e.started_at, e.finished_at,
 
 # -- fleet overview -------------------------------------------------------------------------
 
-# Counts for the filter chips: states under the group and job filters; groups and jobs overall.
-OVERVIEW_FACETS = """
-WITH rows AS MATERIALIZED (SELECT host_group, job, state FROM fleet_overview)
-SELECT 'state' AS facet, state AS value, count(*) AS rows
-  FROM rows
- WHERE (%(group)s::text IS NULL OR host_group = %(group)s) AND (%(job)s::text IS NULL OR job = %(job)s)
- GROUP BY state
-UNION ALL
-SELECT 'group', host_group, count(*) FROM rows GROUP BY host_group
-UNION ALL
-SELECT 'job', job, count(*) FROM rows WHERE job <> '' GROUP BY job
-"""
-
-OVERVIEW_PAGE = (
+# One statement, so that fleet_overview (the state of every job) is computed once per page:
+# the counts for the filter chips (states under the group and job filters; groups and jobs
+# overall) as one JSON value on every row, then the page's rows with their details. A page
+# past the end still returns one row, with the counts and NULL details.
+OVERVIEW = (
     """
-WITH page AS (
+WITH everything AS MATERIALIZED (
+    SELECT * FROM fleet_overview
+),
+filtered AS (
     SELECT *
-      FROM fleet_overview
-     WHERE (%(state)s::text IS NULL OR state = %(state)s)
-       AND (%(group)s::text IS NULL OR host_group = %(group)s)
-       AND (%(job)s::text IS NULL OR job = %(job)s)
+      FROM everything
+     WHERE (%(group)s::text IS NULL OR host_group = %(group)s) AND (%(job)s::text IS NULL OR job = %(job)s)
+),
+facets AS (
+    SELECT jsonb_build_object(
+               'state', (SELECT coalesce(jsonb_object_agg(state, rows), '{}')
+                           FROM (SELECT state, count(*) AS rows FROM filtered GROUP BY state) counted),
+               'group', (SELECT coalesce(jsonb_object_agg(host_group, rows), '{}')
+                           FROM (SELECT host_group, count(*) AS rows FROM everything GROUP BY host_group) counted),
+               'job', (SELECT coalesce(jsonb_object_agg(job, rows), '{}')
+                         FROM (SELECT job, count(*) AS rows FROM everything WHERE job <> '' GROUP BY job) counted)
+           ) AS facets
+),
+page AS (
+    SELECT *
+      FROM filtered
+     WHERE %(state)s::text IS NULL OR state = %(state)s
      ORDER BY state_rank, host, job NULLS FIRST, kind NULLS FIRST
      LIMIT %(limit)s OFFSET %(offset)s
-)
-SELECT page.host, page.host_group, page.job, page.kind, page.state, page.last_status, page.last_finished_at,
-       page.last_duration_seconds, page.last_success_at, page.cadence_seconds, page.late_at, page.stale_at,
-       page.next_due_at, page.chain_missing, page.chain_breaks, page.unconfirmed_snapshots,
-       success.snapshot_id AS last_snapshot_id, success.data_added AS last_data_added,
-       sizes.size_bytes AS repository_size_bytes, sizes.size_text AS repository_size_text,
-       recent.durations
-  FROM page
-  LEFT JOIN events success ON success.id = page.last_success_event_id
-  LEFT JOIN snapshots snapshot ON snapshot.snapshot_id = success.snapshot_id
-  LEFT JOIN repository_sizes sizes
-         ON sizes.hub_host = snapshot.hub_host AND sizes.repository_name = snapshot.hub_repository
-  LEFT JOIN LATERAL (
-       SELECT array_agg(runs.duration_seconds ORDER BY runs.finished_at) AS durations
-         FROM ("""
+),
+detailed AS (
+    SELECT page.host, page.host_group, page.job, page.kind, page.state, page.state_rank, page.last_status,
+           page.last_finished_at, page.last_duration_seconds, page.last_success_at, page.cadence_seconds,
+           page.late_at, page.stale_at, page.next_due_at, page.chain_missing, page.chain_breaks,
+           page.unconfirmed_snapshots,
+           success.snapshot_id AS last_snapshot_id, success.data_added AS last_data_added,
+           sizes.size_bytes AS repository_size_bytes, sizes.size_text AS repository_size_text,
+           recent.durations
+      FROM page
+      LEFT JOIN events success ON success.id = page.last_success_event_id
+      LEFT JOIN snapshots snapshot ON snapshot.snapshot_id = success.snapshot_id
+      LEFT JOIN repository_sizes sizes
+             ON sizes.hub_host = snapshot.hub_host AND sizes.repository_name = snapshot.hub_repository
+      LEFT JOIN LATERAL (
+           SELECT array_agg(runs.duration_seconds ORDER BY runs.finished_at) AS durations
+             FROM ("""
     + _RECENT_RUNS.format(alias="page")
     + """) runs
-       ) recent ON page.kind IS NOT NULL
- ORDER BY page.state_rank, page.host, page.job NULLS FIRST, page.kind NULLS FIRST
+           ) recent ON page.kind IS NOT NULL
+)
+SELECT facets.facets, detailed.*
+  FROM facets
+  LEFT JOIN detailed ON true
+ ORDER BY detailed.state_rank, detailed.host, detailed.job NULLS FIRST, detailed.kind NULLS FIRST
 """
 )
 
