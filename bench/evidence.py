@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """bk evidence benchmark.
 
 Prints, in one run:
