@@ -327,7 +327,7 @@ def pages(fleet: Fleet, requests: int) -> dict[str, list[str]]:
     return {
         "overview": ["/"] * requests,
         "overview p.20": ["/?page=20"] * requests,
-        "host": [f"/hosts/{rng.choice(clients)}" for _ in range(requests)],
+        "host": [f"/hosts/{name}" for name in rng.choices(clients, k=requests)],
         "overdue": ["/overdue"] * requests,
     }
 

@@ -296,7 +296,7 @@ def test_dashboard_checks_catch_mistakes() -> None:
 
 
 def test_there_is_a_dashboard_for_each_concern() -> None:
-    titles = " | ".join(panel["title"].lower() for _, panel in panels())
+    titles = " | ".join(panel["title"].lower() for _uid, panel in panels())
     for concern in ("state", "failed", "per host and job", "duration", "data added", "offsite"):
         assert concern in titles, concern
 

@@ -94,8 +94,8 @@ def open_page(browser: Browser, reporter: LiveReporter) -> Iterator[Opener]:
     contexts = []
     problems = Problems()
 
-    def open_(path: str, shot: str, viewport: dict[str, int] = WIDE) -> Page:
-        context = browser.new_context(viewport=viewport, timezone_id=VIEWER_ZONE, locale="en-US")
+    def open_(path: str, shot: str, viewport: dict[str, int] | None = None) -> Page:
+        context = browser.new_context(viewport=viewport or WIDE, timezone_id=VIEWER_ZONE, locale="en-US")
         contexts.append(context)
         context.add_init_script(WATCH_CSP)
         page = context.new_page()

@@ -521,8 +521,7 @@ def _chain_all(plan: FleetPlan, machines: dict[str, Machine]) -> list[tuple[Acti
 
 def _note_facts(facts: FleetFacts, activity: Activity, machine: Machine) -> None:
     if activity.withheld:
-        low, _ = facts.gap_seqs
-        facts.gap_seqs = (low or machine.seq, machine.seq)
+        facts.gap_seqs = (facts.gap_seqs[0] or machine.seq, machine.seq)
         facts.withheld += 1
     if activity.forged_prev:
         facts.fork_seq = machine.seq
@@ -548,7 +547,9 @@ def build_fleet(owner_url: str, app_url: str, key_dir: Path, now: datetime | Non
     signed = _chain_all(plan, machines)
     # In a thread of its own: the caller may run an event loop already (Playwright's sync API does).
     with ThreadPoolExecutor(max_workers=1) as thread:
-        plan.facts.stored = thread.submit(asyncio.run, _deliver(app_url, [e for _, e in signed])).result()
+        plan.facts.stored = thread.submit(
+            asyncio.run, _deliver(app_url, [envelope for _activity, envelope in signed])
+        ).result()
     return plan.facts
 
 

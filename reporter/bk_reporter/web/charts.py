@@ -25,7 +25,7 @@ def _scale(values: Sequence[float], size: float, pad: float) -> list[float]:
     """Map values onto [pad, size - pad]; a flat series sits in the middle."""
     low, high = min(values), max(values)
     if high == low:
-        return [size / 2 for _ in values]
+        return [size / 2] * len(values)
     span = size - 2 * pad
     return [pad + (v - low) / (high - low) * span for v in values]
 

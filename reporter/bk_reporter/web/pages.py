@@ -103,7 +103,7 @@ class Cursor:
     def parse(cls, token: str | None) -> Cursor | None:
         if token is None:
             return None
-        micros, _, event_id = token.partition(".")
+        micros, event_id = token.partition(".")[::2]
         try:
             return cls(EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(event_id))
         except (ValueError, OverflowError) as exc:

@@ -39,13 +39,13 @@ class PageAuth:
         return bool(self.bearer_token or (self.basic_user and self.basic_password))
 
     def allows(self, authorization: str) -> bool:
-        scheme, _, value = authorization.partition(" ")
+        scheme, value = authorization.partition(" ")[::2]
         scheme = scheme.lower()
         if scheme == "bearer" and self.bearer_token:
             return hmac.compare_digest(value.strip().encode(), self.bearer_token.encode())
         if scheme == "basic" and self.basic_user and self.basic_password:
             try:
-                user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+                user, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")[::2]
             except (ValueError, UnicodeDecodeError):
                 return False
             return hmac.compare_digest(user.encode(), self.basic_user.encode()) & hmac.compare_digest(
