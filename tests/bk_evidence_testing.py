@@ -274,7 +274,6 @@ class Host:
             "reporter_url": None,
             "restic": str(self.wrapper),
             "cache_dir": str(self.root / "cache"),
-            "delivery_deadline_seconds": 2,
         }
         config.update(changes)
         (self.config / "bk.json").write_text(json.dumps(config))

@@ -101,7 +101,7 @@ class Settings:
         self.spool_dir: str = fields.get("spool_dir", str, "/var/spool/bk")
         self.reporter_url: Optional[str] = fields.get("reporter_url", str)
         self.reporter_ca_file: Optional[str] = fields.get("reporter_ca_file", str)
-        self.delivery_deadline_seconds: float = fields.get("delivery_deadline_seconds", (int, float), 2.0)
+        self.delivery_deadline_seconds: float = fields.get("delivery_deadline_seconds", (int, float), 1.5)
         self.flush_deadline_seconds: float = fields.get("flush_deadline_seconds", (int, float), 10.0)
         self.restic: str = fields.get("restic", str, "restic")
         self.rclone: str = fields.get("rclone", str, "rclone")
