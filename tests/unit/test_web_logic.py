@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from bk_evidence import sshsig
 from bk_reporter.web.charts import Point, line_chart
 from bk_reporter.web.pages import BadRequest, Cursor, Filters, link_checks, pretty_manifest, verify_now
-from bk_reporter.web.routes import install_pages, page_auth_from_environment
+from bk_reporter.web.routes import install_pages
 from bk_reporter.web.security import CONTENT_SECURITY_POLICY, PageAuth
 from bk_reporter.web.timefmt import absolute_tag, duration, time_tag
 from bk_reporter.web.units import size
@@ -127,14 +127,6 @@ def test_chart_dots_can_be_marked_and_the_axis_labelled() -> None:
     assert svg.count("<circle") == 2 and 'class="fail"' in svg
     assert '<div class="axis"><span>a</span><span>b</span></div>' in svg
     assert "style=" not in svg  # the CSP allows no inline styles
-
-
-def test_page_credentials_come_from_the_environment() -> None:
-    assert not page_auth_from_environment({}).enabled
-    auth = page_auth_from_environment({"BK_REPORTER_PAGE_BEARER_TOKEN": "t0ken"})
-    assert auth.enabled and auth.allows("Bearer t0ken")
-    basic = page_auth_from_environment({"BK_REPORTER_PAGE_BASIC_USER": "u", "BK_REPORTER_PAGE_BASIC_PASSWORD": "p"})
-    assert basic == PageAuth(basic_user="u", basic_password="p")
 
 
 def test_installed_pages_serve_their_static_files_under_the_policy() -> None:

@@ -16,11 +16,11 @@ from psycopg.rows import dict_row
 
 from bk_evidence import sshsig
 
+from ..fleet import STATES
 from . import queries
 from .charts import Point, line_chart
 from .timefmt import absolute_text, duration
 
-STATES = ("stale", "missing", "failing", "gap", "unconfirmed", "late", "ok")
 STATE_MEANINGS = {
     "stale": "no success for twice the job's cadence (48 h for a backup that declares none)",
     "missing": "enrolled, but has never reported",

@@ -6,7 +6,6 @@ Every page is a GET that reads; none offers an action. Answers carry a Server-Ti
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,9 +26,6 @@ from .charts import sparkline
 from .security import PageAuth, PageProtection
 from .timefmt import absolute_tag, age, duration, relative, time_tag
 from .units import size
-
-ENV_PREFIX = "BK_REPORTER_"
-PAGE_AUTH_SETTINGS = ("page_basic_user", "page_basic_password", "page_bearer_token")
 
 
 @pass_context
@@ -158,17 +154,6 @@ def page_routes() -> list[BaseRoute]:
         Route("/events/{id}", event, methods=["GET"]),
         Mount("/static", StaticFiles(packages=[("bk_reporter.web", "static")]), name="static"),
     ]
-
-
-def page_auth_from_environment(environ: Mapping[str, str] | None = None) -> PageAuth:
-    """Page credentials from BK_REPORTER_PAGE_BASIC_USER/_PASSWORD or BK_REPORTER_PAGE_BEARER_TOKEN."""
-    environ = os.environ if environ is None else environ
-    values = {name: environ.get(ENV_PREFIX + name.upper()) or None for name in PAGE_AUTH_SETTINGS}
-    return PageAuth(
-        basic_user=values["page_basic_user"],
-        basic_password=values["page_basic_password"],
-        bearer_token=values["page_bearer_token"],
-    )
 
 
 def install_pages(app: Starlette, auth: PageAuth) -> None:
