@@ -254,6 +254,10 @@ def test_overdue_page_says_by_how_much_and_who_never_reported(open_page: Opener,
     assert re.search(r"\b9 h", overdue[SCENARIOS.late]["text"])  # due 24 h after a run 33 h ago
     never = [r["host"] for r in rows(page, "table.never tbody tr")]
     assert sorted(never) == sorted(SCENARIOS.missing)
+    page.locator("table.never a.host").first.click()
+    page.wait_for_load_state("networkidle")
+    assert page.locator("h1 .state").inner_text() == "missing"
+    assert "No signed manifest from" in page.locator("section.never").inner_text()
 
 
 # -- one event ------------------------------------------------------------------------------
