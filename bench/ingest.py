@@ -170,7 +170,7 @@ class Connection:
         status_line = await self.reader.readline()
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
+            name, value = line.decode().partition(":")[::2]
             if name.lower() == "content-length":
                 length = int(value)
         return int(status_line.split()[1]), await self.reader.readexactly(length)
@@ -189,13 +189,13 @@ async def post_singles(port: int, bodies: list[bytes], concurrency: int) -> tupl
         while queue:
             body = queue.pop()
             sent = time.perf_counter()
-            status, _ = await connection.post("/api/v1/manifests", body)
+            status = (await connection.post("/api/v1/manifests", body))[0]
             latencies.append(time.perf_counter() - sent)
             statuses.append(status)
         connection.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _worker in range(concurrency)))
     return time.perf_counter() - started, latencies, statuses
 
 
@@ -213,7 +213,7 @@ async def post_batches(port: int, batches: list[bytes], concurrency: int) -> tup
         connection.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _worker in range(concurrency)))
     return time.perf_counter() - started, statuses
 
 
@@ -266,7 +266,71 @@ def describe_machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {server}"
 
 
-def main() -> int:
+@dataclass
+class Workload:
+    """Everything signed in advance, so that the timed phases only send."""
+
+    raw: list[dict[str, str]]
+    singles: list[bytes]
+    batches: list[bytes]
+    batch_items: int
+
+
+def prepare(owner_url: str, scratch: Path, args: argparse.Namespace) -> Workload:
+    fleet = make_hosts(scratch, args.hosts)
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        hosts.enroll(conn, [hosts.host_key(h.name, h.public_line) for h in fleet])
+    print(f"signing {args.raw + args.single + args.batch} manifests of {args.hosts} hosts...", flush=True)
+    (scratch / "raw").mkdir()
+    batch_envelopes = make_envelopes(fleet, args.batch)
+    size = args.batch_size
+    return Workload(
+        raw=make_envelopes(make_hosts(scratch / "raw", 50), args.raw),
+        singles=[json.dumps(e).encode() for e in make_envelopes(fleet, args.single)],
+        batches=[json.dumps(batch_envelopes[i : i + size]).encode() for i in range(0, args.batch, size)],
+        batch_items=args.batch,
+    )
+
+
+@dataclass
+class Answers:
+    """2xx answers counted per phase, and rows stored after it."""
+
+    ok: int = 0
+    other: int = 0
+    rows_after: int = 0
+
+    def count(self, statuses: list[int]) -> None:
+        self.ok += sum(1 for status in statuses if 200 <= status < 300)
+        self.other += sum(1 for status in statuses if not 200 <= status < 300)
+
+
+def run_single(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float) -> Answers:
+    elapsed, latencies, statuses = asyncio.run(post_singles(port, workload.singles, args.concurrency))
+    rate = len(workload.singles) / elapsed
+    p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+    print(
+        f"single POST, {args.concurrency} clients:  {rate:9.0f} manifests/s  (ratio {rate / raw_rate:.2f}; "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, mean {statistics.fmean(latencies) * 1000:.1f} ms)"
+    )
+    answers = Answers()
+    answers.count(statuses)
+    return answers
+
+
+def run_batches(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float) -> Answers:
+    elapsed, statuses = asyncio.run(post_batches(port, workload.batches, args.batch_concurrency))
+    rate = workload.batch_items / elapsed
+    print(
+        f"batch POST, {args.batch_size} per request, {args.batch_concurrency} clients:  {rate:9.0f} manifests/s  "
+        f"(ratio {rate / raw_rate:.2f})"
+    )
+    answers = Answers()
+    answers.count(statuses)
+    return answers
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--raw", type=int, default=20000, help="rows for the raw insert baseline")
@@ -275,65 +339,45 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=30000, help="manifests posted in batches")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-concurrency", type=int, default=2)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace) -> int:
+    cluster.start()
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench")
+    owner_url = cluster.url("bench")
+    db.migrate(owner_url, APP_ROLE)
+    workload = prepare(owner_url, scratch, args)
+    raw_rate = raw_insert_rate(owner_url, workload.raw)
+    print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
+    port = free_port()
+    reporter = start_reporter(cluster, "bench", port)
+    try:
+        single = run_single(port, workload, args, raw_rate)
+        single.rows_after = stored_events(owner_url)
+        batch = run_batches(port, workload, args, raw_rate)
+        batch.rows_after = stored_events(owner_url) - single.rows_after
+    finally:
+        reporter.terminate()
+        reporter.wait(timeout=60)
+    lost = single.ok + batch.ok - single.rows_after - batch.rows_after
+    print(
+        f"2xx answers: {single.ok} single + {batch.ok} batch; rows stored: {single.rows_after} + "
+        f"{batch.rows_after}; lost: {lost}; other answers: {single.other + batch.other}"
+    )
+    return 0 if lost == 0 and single.other + batch.other == 0 else 1
+
+
+def main() -> int:
+    args = arguments()
     scratch = Path(tempfile.mkdtemp(prefix="bk-bench-"))
     scratch.chmod(0o755)
     cluster = LocalCluster.under(scratch / "pg", fsync=True)
-    reporter = None
+    print(f"machine: {describe_machine()}; fsync on, loopback, unix socket to PostgreSQL", flush=True)
     try:
-        print(f"machine: {describe_machine()}; fsync on, loopback, unix socket to PostgreSQL", flush=True)
-        cluster.start()
-        with psycopg.connect(cluster.url(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        owner_url = cluster.url("bench")
-        db.migrate(owner_url, APP_ROLE)
-
-        fleet = make_hosts(scratch, args.hosts)
-        with psycopg.connect(owner_url, autocommit=True) as conn:
-            hosts.enroll(conn, [hosts.host_key(h.name, h.public_line) for h in fleet])
-        print(f"signing {args.raw + args.single + args.batch} manifests of {args.hosts} hosts...", flush=True)
-        (scratch / "raw").mkdir()
-        raw = make_envelopes(make_hosts(scratch / "raw", 50), args.raw)
-        singles = [json.dumps(e).encode() for e in make_envelopes(fleet, args.single)]
-        batch_envelopes = make_envelopes(fleet, args.batch)
-        batches = [
-            json.dumps(batch_envelopes[i : i + args.batch_size]).encode() for i in range(0, args.batch, args.batch_size)
-        ]
-
-        raw_rate = raw_insert_rate(owner_url, raw)
-        print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
-
-        port = free_port()
-        reporter = start_reporter(cluster, "bench", port)
-        elapsed, latencies, statuses = asyncio.run(post_singles(port, singles, args.concurrency))
-        single_rate = len(singles) / elapsed
-        p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
-        print(
-            f"single POST, {args.concurrency:2d} clients:  {single_rate:9.0f} manifests/s  (ratio {single_rate / raw_rate:.2f}; "
-            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, mean {statistics.fmean(latencies) * 1000:.1f} ms)"
-        )
-        single_ok = sum(1 for s in statuses if 200 <= s < 300)
-        after_single = stored_events(owner_url)
-
-        elapsed, batch_statuses = asyncio.run(post_batches(port, batches, args.batch_concurrency))
-        batch_rate = args.batch / elapsed
-        print(
-            f"batch POST ({args.batch_size}/request, {args.batch_concurrency} clients): {batch_rate:9.0f} manifests/s  "
-            f"(ratio {batch_rate / raw_rate:.2f})"
-        )
-        batch_ok = sum(1 for s in batch_statuses if 200 <= s < 300)
-        stored = stored_events(owner_url)
-        lost = (single_ok + batch_ok) - stored
-        print(
-            f"answers 2xx: {single_ok} single + {batch_ok} batch; rows stored: {after_single} + {stored - after_single}; "
-            f"lost: {lost}; non-2xx: {len(statuses) - single_ok + len(batch_statuses) - batch_ok}"
-        )
-        return 0 if lost == 0 and single_ok == len(statuses) and batch_ok == len(batch_statuses) else 1
+        return measure(cluster, scratch, args)
     finally:
-        if reporter is not None:
-            reporter.terminate()
-            reporter.wait(timeout=60)
         cluster.destroy()
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
 
-from .ingest import extract_facts
+from .ingest import extract_facts, parse_time
 
 EVENTS_IN_CHAIN_ORDER = """
 SELECT id, host, seq, prev, sha256, kind, status, job, started_at, finished_at, key_fingerprint,
@@ -102,7 +102,7 @@ def _stored(row: Mapping[str, Any], name: str) -> Any:
 
 
 def _moment(value: Any) -> datetime | None:
-    return bk_manifest.parse_timestamp(value) if isinstance(value, str) else None
+    return parse_time(value) if isinstance(value, str) else None
 
 
 def _event_problems(row: Mapping[str, Any], keys: list[str]) -> Iterator[str]:

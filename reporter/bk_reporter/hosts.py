@@ -64,7 +64,7 @@ def _signers_line(line: str) -> list[HostKey]:
 
 def _check_options(options: str) -> None:
     for option in QUOTED_OR_PLAIN_OPTION.findall(options):
-        name, _, value = option.partition("=")
+        name, value = option.partition("=")[::2]
         if name.lower() == "namespaces" and sshsig.NAMESPACE not in value.strip('"').split(","):
             raise EnrollmentError(f"the key is restricted to namespaces {value} (bk needs {sshsig.NAMESPACE})")
         if name.lower() in ("cert-authority", "valid-after", "valid-before"):

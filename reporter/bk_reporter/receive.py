@@ -71,7 +71,7 @@ async def receive(conn: psycopg.AsyncConnection, items: Sequence[Any], limits: L
     outcomes: list[Outcome | None] = [None] * len(items)
     signed = _signed(items, limits, outcomes)
     if signed:
-        keys = await store.active_keys(conn, (item.fingerprint for _, item in signed))
+        keys = await store.active_keys(conn, (item.fingerprint for _index, item in signed))
         if len(signed) >= VERIFY_IN_THREAD_FROM:
             candidates = await asyncio.to_thread(_verified, signed, keys, limits, outcomes)
         else:

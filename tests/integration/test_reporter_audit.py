@@ -16,7 +16,7 @@ from bk_reporter import cli
 def chain_of_five(
     client: httpx.Client, reporter: LiveReporter, web1: Host, monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
-    envelopes = [web1.envelope() for _ in range(5)]
+    envelopes = [web1.envelope() for _n in range(5)]
     response = client.post("/api/v1/manifests/batch", json=envelopes)
     assert [item["status"] for item in response.json()] == [201] * 5
     monkeypatch.setenv("BK_REPORTER_DATABASE_URL", reporter.database.app_url)

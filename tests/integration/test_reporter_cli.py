@@ -67,7 +67,7 @@ def test_commands_use_the_embedded_cluster_and_leave_it_as_they_found_it(data_di
 
 def test_concurrent_first_starts_share_one_cluster(data_dir: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: run(data_dir, "status", check=False), range(4)))
+        results = list(pool.map(lambda _attempt: run(data_dir, "status", check=False), range(4)))
     assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
     assert all("no hosts yet" in r.stdout for r in results)
     assert not cluster_running(data_dir)
@@ -99,7 +99,7 @@ def test_every_command_works_while_serve_runs(data_dir: Path, tmp_path: Path) ->
         assert cluster_running(data_dir)
     finally:
         serve.send_signal(signal.SIGTERM)
-        _, stderr = serve.communicate(timeout=60)
+        stderr = serve.communicate(timeout=60)[1]
     assert serve.returncode == 0, stderr
     assert not cluster_running(data_dir)
     logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

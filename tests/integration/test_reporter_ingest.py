@@ -95,7 +95,7 @@ def test_a_retry_with_identical_bytes_answers_200_and_stores_nothing(
 def test_concurrent_retries_store_once(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
     envelope = web1.envelope()
     with ThreadPoolExecutor(8) as pool:
-        statuses = sorted(pool.map(lambda _: post(client, envelope).status_code, range(16)))
+        statuses = sorted(pool.map(lambda _attempt: post(client, envelope).status_code, range(16)))
     assert statuses == [200] * 15 + [201]
     assert row_counts(reporter.database.owner_url)["events"] == 1
 
@@ -308,7 +308,7 @@ def test_an_oversized_body_is_refused_from_its_declared_length(client: httpx.Cli
 
 def test_an_oversized_body_without_a_length_is_counted_while_read(client: httpx.Client, reporter: LiveReporter) -> None:
     def chunks() -> object:
-        for _ in range(1024):
+        for _chunk in range(1024):
             yield b"x" * 1024
 
     before = row_counts(reporter.database.owner_url)
@@ -366,7 +366,7 @@ def test_a_mixed_batch_from_several_hosts_in_any_order_keeps_every_chain(
 ) -> None:
     db1 = Host("db1", make_key(tmp_path, "db1"))
     enroll(reporter.database.owner_url, db1)
-    envelopes = [host.envelope() for _ in range(5) for host in (web1, db1)]
+    envelopes = [host.envelope() for _n in range(5) for host in (web1, db1)]
     response = client.post("/api/v1/manifests/batch", json=list(reversed(envelopes)))
     assert [r["status"] for r in response.json()] == [201] * 10
     with psycopg.connect(reporter.database.owner_url) as conn:

@@ -72,7 +72,7 @@ def _has_inputs(operation: schemathesis.APIOperation) -> bool:
 def test_schemathesis_finds_no_server_error_and_no_contract_violation(
     client: httpx.Client, reporter: LiveReporter, web1: Host
 ) -> None:
-    seeded = client.post("/api/v1/manifests/batch", json=[web1.envelope() for _ in range(3)])
+    seeded = client.post("/api/v1/manifests/batch", json=[web1.envelope() for _n in range(3)])
     assert [item["status"] for item in seeded.json()] == [201] * 3
     schema = schemathesis.openapi.from_dict(openapi.document())
     calls: Counter = Counter()

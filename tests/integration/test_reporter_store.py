@@ -99,7 +99,7 @@ def test_migrating_again_changes_nothing(reporter_db: ReporterDatabase) -> None:
 
 
 def test_gaps_are_seen_and_filled_by_late_deliveries(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
-    envelopes = [web1.envelope() for _ in range(5)]
+    envelopes = [web1.envelope() for _n in range(5)]
     assert post_all(client, [envelopes[0], envelopes[3], envelopes[4]]) == [201] * 3
     detail = client.get("/api/v1/hosts/web1").json()
     assert detail["chain"] == {**detail["chain"], "events": 3, "last_seq": 5, "missing": 2, "breaks": 0}
@@ -132,7 +132,7 @@ def test_a_first_manifest_naming_a_predecessor_is_a_break(client: httpx.Client, 
 
 
 def test_concurrent_single_posts_keep_the_chain_intact(client: httpx.Client, web1: Host) -> None:
-    envelopes = [web1.envelope() for _ in range(30)]
+    envelopes = [web1.envelope() for _n in range(30)]
     with ThreadPoolExecutor(10) as pool:
         statuses = list(pool.map(lambda e: client.post("/api/v1/manifests", json=e).status_code, envelopes))
     assert statuses == [201] * 30

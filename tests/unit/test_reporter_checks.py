@@ -21,6 +21,7 @@ from bk_reporter.ingest import (
     envelope_from,
     extract_facts,
     parse_json_body,
+    parse_time,
     signed_by,
     storable,
     verify,
@@ -198,3 +199,17 @@ def test_outcomes_have_the_wire_shape() -> None:
         "id": "id-1",
     }
     assert json.dumps(Outcome(400, "x", "y").as_json()) == '{"status": 400, "code": "x", "message": "y", "id": null}'
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-06-01T09:30:00Z",
+        "2026-06-01t09:30:00z",
+        "2026-06-01T09:30:00.123456789+02:00",
+        "2026-06-01T09:30:00.5-05:30",
+        "2026-06-01T09:30:00+23:59",
+    ],
+)
+def test_times_are_read_as_bk_evidence_reads_them(value: str) -> None:
+    assert parse_time(value) == bk_manifest.parse_timestamp(value) is not None

@@ -52,7 +52,7 @@ def test_metrics_are_valid_text_exposition() -> None:
     assert 'bk_ingest_manifests_total{status="401",code="unknown_key"} 1.0' in text
     assert 'bk_ingest_requests_total{endpoint="batch",status="200"} 1.0' in text
     families = re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE)
-    assert len(families) == len({name for name, _ in families})
+    assert len(families) == len({name for name, _kind in families})
 
 
 def test_every_alert_uses_a_metric_the_reporter_exposes() -> None:

@@ -184,36 +184,39 @@ BEGIN
         claim_event_id = excluded.claim_event_id
     WHERE s.claim_event_id IS NULL;
 
-    -- Lineage: the hub's receipt.
-    INSERT INTO snapshots AS s (snapshot_id, hub_host, hub_repository, arrived_at, size_bytes, receipt_event_id)
-    SELECT DISTINCT ON (item.snapshot) item.snapshot, e.host, e.repository_name,
-           coalesce(item.arrived_at, e.finished_at), item.size, e.id
-      FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text, arrived_at timestamptz, size bigint)
-     WHERE e.kind = 'hub-receipt'
-     ORDER BY item.snapshot, e.finished_at
-    ON CONFLICT (snapshot_id) DO UPDATE SET
-        hub_host = excluded.hub_host, hub_repository = excluded.hub_repository,
-        arrived_at = excluded.arrived_at, size_bytes = excluded.size_bytes,
-        receipt_event_id = excluded.receipt_event_id
-    WHERE s.receipt_event_id IS NULL;
+    -- Lineage from the hub's manifests; most batches hold none, and then skip these statements.
+    IF EXISTS (SELECT FROM inserted WHERE kind IN ('hub-receipt', 'offsite-copy')) THEN
+        -- Lineage: the hub's receipt.
+        INSERT INTO snapshots AS s (snapshot_id, hub_host, hub_repository, arrived_at, size_bytes, receipt_event_id)
+        SELECT DISTINCT ON (item.snapshot) item.snapshot, e.host, e.repository_name,
+               coalesce(item.arrived_at, e.finished_at), item.size, e.id
+          FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text, arrived_at timestamptz, size bigint)
+         WHERE e.kind = 'hub-receipt'
+         ORDER BY item.snapshot, e.finished_at
+        ON CONFLICT (snapshot_id) DO UPDATE SET
+            hub_host = excluded.hub_host, hub_repository = excluded.hub_repository,
+            arrived_at = excluded.arrived_at, size_bytes = excluded.size_bytes,
+            receipt_event_id = excluded.receipt_event_id
+        WHERE s.receipt_event_id IS NULL;
 
-    -- Lineage: presence at an offsite destination.
-    INSERT INTO snapshot_offsite (snapshot_id, destination, hub_host, repository_name, first_seen_at, event_id)
-    SELECT DISTINCT ON (item.snapshot, item.destination)
-           item.snapshot, item.destination, e.host, e.repository_name, e.finished_at, e.id
-      FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text, destination text)
-     WHERE e.kind = 'offsite-copy'
-     ORDER BY item.snapshot, item.destination, e.finished_at
-    ON CONFLICT (snapshot_id, destination) DO NOTHING;
+        -- Lineage: presence at an offsite destination.
+        INSERT INTO snapshot_offsite (snapshot_id, destination, hub_host, repository_name, first_seen_at, event_id)
+        SELECT DISTINCT ON (item.snapshot, item.destination)
+               item.snapshot, item.destination, e.host, e.repository_name, e.finished_at, e.id
+          FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text, destination text)
+         WHERE e.kind = 'offsite-copy'
+         ORDER BY item.snapshot, item.destination, e.finished_at
+        ON CONFLICT (snapshot_id, destination) DO NOTHING;
 
-    INSERT INTO snapshots AS s (snapshot_id, first_offsite_at)
-    SELECT item.snapshot, min(e.finished_at)
-      FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text)
-     WHERE e.kind = 'offsite-copy'
-     GROUP BY item.snapshot ORDER BY item.snapshot
-    ON CONFLICT (snapshot_id) DO UPDATE SET
-        first_offsite_at = least(s.first_offsite_at, excluded.first_offsite_at)
-    WHERE s.first_offsite_at IS NULL OR excluded.first_offsite_at < s.first_offsite_at;
+        INSERT INTO snapshots AS s (snapshot_id, first_offsite_at)
+        SELECT item.snapshot, min(e.finished_at)
+          FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text)
+         WHERE e.kind = 'offsite-copy'
+         GROUP BY item.snapshot ORDER BY item.snapshot
+        ON CONFLICT (snapshot_id) DO UPDATE SET
+            first_offsite_at = least(s.first_offsite_at, excluded.first_offsite_at)
+        WHERE s.first_offsite_at IS NULL OR excluded.first_offsite_at < s.first_offsite_at;
+    END IF;
 
     RETURN NULL;
 END
