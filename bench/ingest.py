@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Ingest benchmark: the reporter against the raw insert rate of equivalent rows.
 
 On loopback, with a private PostgreSQL cluster with fsync on, in one run it prints:

@@ -212,4 +212,5 @@ def test_outcomes_have_the_wire_shape() -> None:
     ],
 )
 def test_times_are_read_as_bk_evidence_reads_them(value: str) -> None:
-    assert parse_time(value) == bk_manifest.parse_timestamp(value) is not None
+    reference = bk_manifest.parse_timestamp(value)
+    assert reference is not None and parse_time(value) == reference
