@@ -214,6 +214,10 @@ class Job:
         self.read_data_subset: Optional[str] = check.get("read_data_subset", str)
         self._check_consistency(path)
 
+    def secrets(self) -> List[str]:
+        """The secrets of every repository of the job (any of them may show up in any output)."""
+        return [secret for repository in self.repositories for secret in repository.secrets()]
+
     def _check_consistency(self, path: str) -> None:
         if not self.repositories:
             raise ConfigError("%s: at least one repository is required" % path)

@@ -150,6 +150,7 @@ def _record_forget(
         settings=settings,
         repository=repository,
         common=_common(repository, common_tools),
+        secrets=repository.secrets(),
     )
 
 
@@ -202,6 +203,7 @@ def _forget_and_prune(
         settings=settings,
         repository=repository,
         common=_common(repository, common_tools),
+        secrets=repository.secrets(),
     )
     return [forget.status, prune.status]
 

@@ -250,7 +250,13 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
     common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tools(settings)}
     envelopes = [
         record_for_repository(
-            recorder, "backup", outcome=outcome, settings=settings, repository=repository, common=common
+            recorder,
+            "backup",
+            outcome=outcome,
+            settings=settings,
+            repository=repository,
+            common=common,
+            secrets=job.secrets(),
         )
         for repository, outcome in outcomes
     ]
@@ -299,6 +305,7 @@ def record_for_repository(
     settings: Settings,
     repository: Repository,
     common: Dict[str, Any],
+    secrets: List[str],
 ) -> Optional[Dict[str, str]]:
     try:
         section = repository_section(settings, repository)
@@ -306,7 +313,7 @@ def record_for_repository(
         sys.stderr.write("bk: cannot describe repository %s fully: %s\n" % (repository.name, exc))
         section = {"name": repository.name}
     sections = dict(common, repository=section)
-    return record(recorder, kind, outcome, sections, repository.secrets())
+    return record(recorder, kind, outcome, sections, secrets)
 
 
 # --- check ---------------------------------------------------------------------------------
@@ -330,7 +337,13 @@ def check(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelo
         statuses.append(outcome.status)
         envelopes.append(
             record_for_repository(
-                recorder, "check", outcome=outcome, settings=settings, repository=repository, common=common
+                recorder,
+                "check",
+                outcome=outcome,
+                settings=settings,
+                repository=repository,
+                common=common,
+                secrets=job.secrets(),
             )
         )
     return exit_code(statuses), [envelope for envelope in envelopes if envelope]

@@ -272,3 +272,16 @@ def test_backup_to_an_append_only_rest_hub_records_no_credentials(host: Host, ap
     for path in [*(host.root / "spool").rglob("*"), *(host.root / "state").rglob("*")]:
         if path.is_file():
             assert "hub-secret-for-web1" not in path.read_text(errors="replace"), path
+
+
+def test_every_repositorys_secrets_are_scrubbed_from_every_manifest(host: Host, reporter: FakeReporter) -> None:
+    other_password = host.root / "other.password"
+    other_password.write_text("the other repository's password\n")
+    other = dict(host.repository_entry("other"), password_file=str(other_password))
+    host.job(repositories=[host.repository_entry("local"), other], pre=[f"cat {other_password} >&2; exit 1"])
+    assert host.run("backup", "home").returncode == 1
+    docs = reporter.manifests()
+    assert len(docs) == 2
+    for doc in docs:
+        assert doc["error"]["stderr_tail"] == "***"
+        assert "other repository" not in reporter.stored[doc["id"]]
