@@ -25,6 +25,7 @@ from . import fleet, metrics, openapi
 from .ingest import Limits, Outcome, parse_json_body
 from .receive import receive
 from .settings import Settings
+from .verifying import Verifier
 from .web.routes import install_pages
 from .web.security import PageAuth
 
@@ -76,6 +77,7 @@ class Reporter:
             open=False,
         )
         self.counters = metrics.IngestCounters()
+        self.verifier = Verifier(settings.verify_processes)
 
     @property
     def single_body_limit(self) -> int:
@@ -92,7 +94,7 @@ class Reporter:
         if isinstance(parsed, Outcome):
             return self._counted("single", parsed)
         async with self.pool.connection() as conn:
-            (outcome,) = await receive(conn, [parsed], self.limits)
+            (outcome,) = await receive(conn, [parsed], self.limits, self.verifier)
         return self._counted("single", outcome)
 
     async def post_batch(self, request: Request) -> Response:
@@ -109,7 +111,7 @@ class Reporter:
             limit = self.settings.max_batch_items
             return self._counted("batch", Outcome(413, "too_many_items", f"a batch holds at most {limit} envelopes"))
         async with self.pool.connection() as conn:
-            outcomes = await receive(conn, parsed, self.limits)
+            outcomes = await receive(conn, parsed, self.limits, self.verifier)
         self.counters.count("batch", 200, outcomes)
         by_code: dict[str, int] = {}
         for outcome in outcomes:
@@ -195,6 +197,7 @@ class Reporter:
         try:
             yield
         finally:
+            self.verifier.close()
             await self.pool.close()
 
     async def _warn_if_role_may_rewrite(self) -> None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from . import store
-from .ingest import KeyRing, Limits, Outcome, SignedBy, VerifiedManifest, envelope_from, signed_by, verify
+from .ingest import Limits, Outcome, SignedBy, VerifiedManifest, envelope_from, signed_by
+from .verifying import Verifier
 
-# Verifying this many signatures takes long enough (~0.1 ms each) to move off the event loop.
-VERIFY_IN_THREAD_FROM = 16
+IN_PROCESS = Verifier(processes=1)
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,13 @@ def _signed(items: Sequence[Any], limits: Limits, outcomes: list[Outcome | None]
     return signed
 
 
-def _verified(
-    signed: Sequence[tuple[int, SignedBy]], keys: KeyRing, limits: Limits, outcomes: list[Outcome | None]
+def _candidates(
+    signed: Sequence[tuple[int, SignedBy]],
+    results: Sequence[VerifiedManifest | Outcome],
+    outcomes: list[Outcome | None],
 ) -> list[_Candidate]:
-    now = datetime.now(UTC)
     candidates = []
-    for index, item in signed:
-        result = verify(item, keys, limits, now)
+    for (index, _item), result in zip(signed, results, strict=True):
         if isinstance(result, Outcome):
             outcomes[index] = result
         else:
@@ -66,16 +64,16 @@ def _answer_repeats(repeats: Sequence[tuple[_Candidate, _Candidate]], outcomes: 
             outcomes[repeat.index] = first_outcome
 
 
-async def receive(conn: psycopg.AsyncConnection, items: Sequence[Any], limits: Limits) -> list[Outcome]:
+async def receive(
+    conn: psycopg.AsyncConnection, items: Sequence[Any], limits: Limits, verifier: Verifier = IN_PROCESS
+) -> list[Outcome]:
     """One Outcome per item, in order. Whatever is stored is committed when this returns."""
     outcomes: list[Outcome | None] = [None] * len(items)
     signed = _signed(items, limits, outcomes)
     if signed:
         keys = await store.active_keys(conn, (item.fingerprint for _index, item in signed))
-        if len(signed) >= VERIFY_IN_THREAD_FROM:
-            candidates = await asyncio.to_thread(_verified, signed, keys, limits, outcomes)
-        else:
-            candidates = _verified(signed, keys, limits, outcomes)
+        results = await verifier.verify([item for _index, item in signed], keys, limits)
+        candidates = _candidates(signed, results, outcomes)
         firsts: dict[object, _Candidate] = {}
         repeats = []
         for candidate in candidates:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 ENV_PREFIX = "BK_REPORTER_"
 CONFIG_ENV = "BK_REPORTER_CONFIG"
 SECRET_SETTINGS = ("page_basic_password", "page_bearer_token")
+MAX_VERIFY_PROCESSES = 4
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,8 @@ class Settings:
     max_batch_items: int = 5000
     future_tolerance_seconds: int = 300
     pool_size: int = 16
+    # Worker processes that verify large batches (1: verify in the server process).
+    verify_processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, MAX_VERIFY_PROCESSES))
     log_level: str = "info"
     # Optional protection of the read-only pages, /metrics and the read API (never of ingest).
     page_basic_user: str | None = None

@@ -16,9 +16,20 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from reporter_fixtures import Host, LiveReporter, enroll, make_key, rfc3339, row_counts, ssh_keygen_sign
+from reporter_fixtures import (
+    Host,
+    LiveReporter,
+    ReporterDatabase,
+    enroll,
+    make_key,
+    rfc3339,
+    row_counts,
+    serving,
+    ssh_keygen_sign,
+)
 
 from bk_evidence import manifest as bk_manifest
+from bk_reporter.settings import Settings
 
 
 def post(client: httpx.Client, envelope: object) -> httpx.Response:
@@ -413,3 +424,19 @@ def test_the_signature_covers_the_manifest_text_exactly(
     pretty = json.dumps(json.loads(text), indent=2)
     envelope = {"manifest": pretty, "signature": ssh_keygen_sign(web1.key, text)}
     assert_answer(post(client, envelope), 401, "bad_signature")
+
+
+def test_a_large_batch_is_verified_in_worker_processes_and_answered_in_order(
+    reporter_db: ReporterDatabase, web1: Host, tmp_path: Path
+) -> None:
+    db1 = Host("db1", make_key(tmp_path, "db1", "ecdsa"))
+    enroll(reporter_db.owner_url, db1)
+    envelopes = [host.envelope() for _n in range(20) for host in (web1, db1)]
+    forged = {"manifest": web1.text(seq=99), "signature": envelopes[0]["signature"]}
+    batch = [*envelopes[:17], forged, envelopes[3], *envelopes[17:]]
+    with serving(reporter_db, Settings(verify_processes=2)) as live, httpx.Client(base_url=live.url) as http:
+        results = http.post("/api/v1/manifests/batch", json=batch).json()
+    expected = [201] * 17 + [401, 200] + [201] * 23
+    assert [r["status"] for r in results] == expected
+    assert [r["id"] for r in results[:17]] == [json.loads(e["manifest"])["id"] for e in envelopes[:17]]
+    assert row_counts(reporter_db.owner_url)["events"] == 40
