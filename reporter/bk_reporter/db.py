@@ -91,9 +91,13 @@ def _ensure_app_role(conn: psycopg.Connection, role: str) -> None:
         ) from exc
 
 
-def _apply_grants(conn: psycopg.Connection, template: str, **roles: str) -> None:
-    statements = sql.SQL(template).format(**{key: sql.Identifier(value) for key, value in roles.items()})
-    conn.execute(statements)
+def _apply_grants(conn: psycopg.Connection, template: str, **names: sql.Composable) -> None:
+    conn.execute(sql.SQL(template).format(**names))
+
+
+def _views(conn: psycopg.Connection) -> sql.Composable:
+    names = conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public' ORDER BY viewname").fetchall()
+    return sql.SQL(", ").join(sql.Identifier(name) for (name,) in names)
 
 
 def migrate(owner_url: str, app_role: str, reader_role: str | None = None) -> list[Migration]:
@@ -118,11 +122,11 @@ def migrate(owner_url: str, app_role: str, reader_role: str | None = None) -> li
             applied.append(migration)
         _ensure_app_role(conn, app_role)
         with conn.transaction():
-            _apply_grants(conn, files["grants.sql"], app=app_role)
+            _apply_grants(conn, files["grants.sql"], app=sql.Identifier(app_role))
             if reader_role is not None:
                 if not _role_exists(conn, reader_role):
                     raise DatabaseError(f"the reader role {reader_role!r} does not exist; create it first")
-                _apply_grants(conn, files["grants_reader.sql"], reader=reader_role)
+                _apply_grants(conn, files["grants_reader.sql"], reader=sql.Identifier(reader_role), views=_views(conn))
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
     return applied
 

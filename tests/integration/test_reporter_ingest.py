@@ -6,7 +6,9 @@ Signatures are made by stock `ssh-keygen -Y sign`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import ssl
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,10 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from reporter_fixtures import (
     Host,
     LiveReporter,
@@ -440,3 +446,40 @@ def test_a_large_batch_is_verified_in_worker_processes_and_answered_in_order(
     assert [r["status"] for r in results] == expected
     assert [r["id"] for r in results[:17]] == [json.loads(e["manifest"])["id"] for e in envelopes[:17]]
     assert row_counts(reporter_db.owner_url)["events"] == 40
+
+
+def _certificate_for_loopback(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (it is its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bk reporter test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_manifests_arrive_over_https_verified_against_the_ca(
+    reporter_db: ReporterDatabase, web1: Host, tmp_path: Path
+) -> None:
+    cert, key = _certificate_for_loopback(tmp_path)
+    with serving(reporter_db, ssl_certfile=str(cert), ssl_keyfile=str(key)) as live:
+        assert live.url.startswith("https://127.0.0.1:")
+        with httpx.Client(base_url=live.url, verify=ssl.create_default_context(cafile=str(cert))) as https:
+            assert_answer(post(https, web1.envelope()), 201, "stored")
+        with httpx.Client(base_url=live.url) as untrusting, pytest.raises(httpx.ConnectError):
+            untrusting.get("/healthz")

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from reporter_fixtures import Host, LiveReporter, ReporterDatabase, enroll, make_key
+from reporter_fixtures import Host, LiveReporter, ReporterDatabase, as_user, enroll, make_key
 
 from bk_evidence import manifest as bk_manifest
 from bk_reporter import db
@@ -299,3 +299,27 @@ def test_metrics_expose_the_fleet_and_the_ingest_counters(client: httpx.Client, 
         f'bk_job_last_success_timestamp_seconds{{host="web1",job="home",kind="backup"}} {finished.timestamp()!r}'
         in text
     )
+
+
+def test_a_reader_role_reads_the_views_and_no_table(reporter_db: ReporterDatabase, web1: Host) -> None:
+    with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS bk_test_reader")
+        conn.execute("CREATE ROLE bk_test_reader LOGIN")
+    try:
+        db.migrate(reporter_db.owner_url, "bk_reporter_app", "bk_test_reader")
+        reader_url = as_user(reporter_db.owner_url, "bk_test_reader")
+        with psycopg.connect(reader_url) as conn:
+            assert conn.execute("SELECT state FROM fleet_status").fetchall() == [("missing",)]
+            assert conn.execute("SELECT count(*) FROM snapshot_lineage").fetchone() == (0,)
+        for table in ("events", "host_keys", "job_status"):
+            with psycopg.connect(reader_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT * FROM {table}")
+    finally:
+        with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY bk_test_reader")
+            conn.execute("DROP ROLE bk_test_reader")
+
+
+def test_a_missing_reader_role_is_a_clear_error(reporter_db: ReporterDatabase) -> None:
+    with pytest.raises(db.DatabaseError, match="the reader role 'nobody_here' does not exist"):
+        db.migrate(reporter_db.owner_url, "bk_reporter_app", "nobody_here")

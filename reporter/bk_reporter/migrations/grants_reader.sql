@@ -1,6 +1,6 @@
--- Privileges of the optional read-only role (setting reader_role), re-applied by
--- `bk-reporter migrate`: the named views, nothing else.
+-- Privileges of the optional read-only role (setting reader_role, written {reader} below; for
+-- Grafana, say), re-applied by `bk-reporter migrate`: every view of the schema ({views}: the
+-- named read interface, fleet_status, snapshot_lineage, the grafana_* views...) and no table.
 
 GRANT USAGE ON SCHEMA public TO {reader};
-GRANT SELECT ON enrolled_hosts, chain_status, fleet_status, host_status, snapshot_lineage, event_facts, status_policy
-    TO {reader};
+GRANT SELECT ON {views} TO {reader};
