@@ -42,6 +42,13 @@ class _TooLarge(Exception):
         super().__init__(f"the request body is over the limit of {limit} bytes")
 
 
+def _log_outcome(outcome: Outcome) -> None:
+    """Refusals at info (what an operator looks for), stored manifests at debug."""
+    level = logging.DEBUG if outcome.status in (200, 201) else logging.INFO
+    fields = {"status": outcome.status, "code": outcome.code, "id": outcome.manifest_id, "reason": outcome.message}
+    log.log(level, "manifest", extra=fields)
+
+
 def _answer(outcome: Outcome) -> JSONResponse:
     return JSONResponse(outcome.as_json(), status_code=outcome.status)
 
@@ -116,13 +123,13 @@ class Reporter:
         by_code: dict[str, int] = {}
         for outcome in outcomes:
             by_code[outcome.code] = by_code.get(outcome.code, 0) + 1
+            _log_outcome(outcome)
         log.info("batch", extra={"items": len(outcomes), "outcomes": by_code})
         return JSONResponse([outcome.as_json() for outcome in outcomes])
 
     def _counted(self, endpoint: str, outcome: Outcome) -> Response:
         self.counters.count(endpoint, outcome.status, [outcome])
-        level = logging.DEBUG if outcome.status in (200, 201) else logging.INFO
-        log.log(level, "manifest", extra={"status": outcome.status, "code": outcome.code, "id": outcome.manifest_id})
+        _log_outcome(outcome)
         return _answer(outcome)
 
     # -- reading ------------------------------------------------------------------------------
