@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pack files into a reproducible tar on the controller, named by a hash of their contents.
+
+Usage: pack.py OUTPUT_DIR PREFIX FILE... (or a directory: its files, not recursive).
+Prints {"hash": ..., "tar": ..., "files": [basenames]}. The same inputs give the
+same bytes (sorted names, mtime 0, root-owned, mode 0644), so a host holding the
+hash already holds these files. An existing tar is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+
+
+def main() -> int:
+    out_dir, prefix, *inputs = sys.argv[1:]
+    files: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += [os.path.join(item, name) for name in os.listdir(item) if os.path.isfile(os.path.join(item, name))]
+        else:
+            files.append(item)
+    files.sort(key=os.path.basename)
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            digest.update(os.path.basename(path).encode() + b"\0" + handle.read() + b"\0")
+    name = digest.hexdigest()[:16]
+    os.makedirs(out_dir, exist_ok=True)
+    tar_path = os.path.join(out_dir, f"{prefix}-{name}.tar")
+    if not os.path.exists(tar_path):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+            for path in files:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                info = tarfile.TarInfo(os.path.basename(path))
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                archive.addfile(info, io.BytesIO(data))
+        tmp = tar_path + ".tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, tar_path)
+    json.dump({"hash": name, "tar": tar_path, "files": [os.path.basename(path) for path in files]}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
