@@ -229,7 +229,17 @@ def wait_for_run(host: str, service: str, after_usec: int, timeout: float) -> di
 def journal(host: str, unit: str, invocation: str | None = None) -> list[str]:
     argv = ["journalctl", "--no-pager", "-q", "-o", "short-iso", "-u", unit]
     if invocation:
-        argv = ["journalctl", "--no-pager", "-q", "-o", "short-iso", f"_SYSTEMD_INVOCATION_ID={invocation}"]
+        # The service's own lines, and systemd's lines about this run of it.
+        argv = [
+            "journalctl",
+            "--no-pager",
+            "-q",
+            "-o",
+            "short-iso",
+            f"_SYSTEMD_INVOCATION_ID={invocation}",
+            "+",
+            f"INVOCATION_ID={invocation}",
+        ]
     return text(host, argv, check=False).splitlines()
 
 
@@ -507,8 +517,8 @@ def cmd_fire(args: argparse.Namespace) -> Json:
     started_at = systemd_time(start_utc)
     started = int(state["ExecMainStartTimestampMonotonic"])
     problems = []
-    # LastTriggerUSec has whole seconds: the trigger is in the second of or after the firing.
-    if not (int(fired_at) <= triggered <= started_at):
+    # LastTriggerUSec is shown to the second (rounded): allow that second on either side.
+    if not (fired_at - 1 <= triggered <= started_at + 1):
         problems.append(
             f"{host}: {timer} did not trigger {service}: fired {fired_at:.3f}, "
             f"last trigger {timer_state.get('LastTriggerUSec')}, service start {start_utc}"
@@ -735,7 +745,11 @@ root, subs = sys.argv[1], sys.argv[2:]
 out = {}
 for sub in subs or [""]:
     base = os.path.join(root, sub.lstrip("/")) if sub else root
-    for dirpath, dirnames, filenames in os.walk(base):
+    if os.path.islink(base) or os.path.isfile(base):
+        walk = [(os.path.dirname(base), [], [os.path.basename(base)])]
+    else:
+        walk = os.walk(base)
+    for dirpath, dirnames, filenames in walk:
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
@@ -776,7 +790,8 @@ def compare_trees(a: dict[str, str], b: dict[str, str], label: str) -> list[str]
 def cmd_compare(args: argparse.Namespace) -> Json:
     """Compare files under SRC_HOST:SRC_ROOT/SUB with DST_HOST:DST_ROOT/SUB (sha256 and mode)."""
     src = tree(args.src_host, args.src_root, args.sub)
-    dst = tree(args.dst_host, args.dst_root, args.sub)
+    # --exclusive: the destination holds the selected paths and nothing else.
+    dst = tree(args.dst_host, args.dst_root, () if args.exclusive else args.sub)
     return {
         "files": sum(1 for v in src.values() if not v.startswith("link:")),
         "links": sum(1 for v in src.values() if v.startswith("link:")),
@@ -930,6 +945,49 @@ def cmd_offsite_keeps(args: argparse.Namespace) -> Json:
     return {"destination": args.destination, "mode": dest.get("mode"), "repositories": result, "problems": problems}
 
 
+def cmd_manifest(args: argparse.Namespace) -> Json:
+    """The reporter holds a signed manifest of KIND from HOST finished after --since (epoch)."""
+    reporter = Reporter(args.via)
+    keys = host_public_keys(args.host)
+    found = [
+        (doc, body, sig)
+        for doc, body, sig in manifests(reporter.events(args.host))
+        if doc.get("kind") == args.kind and parse_time(doc["finished_at"]).timestamp() >= args.since
+    ]
+    problems = []
+    if not found:
+        state = cmd_state(argparse.Namespace(host=args.host))
+        waiting = [m for m in state["outbox"] if m["kind"] == args.kind]
+        problems.append(
+            f"{args.host}: the reporter has no {args.kind} manifest since {args.since} ({len(waiting)} in the outbox)"
+        )
+        return {"problems": problems}
+    doc, body, sig = max(found, key=lambda item: int(item[0]["seq"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        verified = ssh_verify(body, sig, args.host, keys, Path(tmp))
+    if not verified:
+        problems.append(f"{args.host}: the {args.kind} manifest does not verify with the host's own key")
+    if doc.get("status") != "success":
+        problems.append(f"{args.host}: {args.kind} manifest status {doc.get('status')}: {doc.get('error')}")
+    restore = doc.get("restore") or {}
+    if args.kind in {"restore", "drill"} and (not restore.get("files_checked") or restore.get("mismatches")):
+        problems.append(
+            f"{args.host}: {args.kind} checked {restore.get('files_checked')} files, "
+            f"{restore.get('mismatches')} mismatches"
+        )
+    return {
+        "host": args.host,
+        "kind": args.kind,
+        "seq": doc["seq"],
+        "status": doc.get("status"),
+        "signature_verified": verified,
+        "snapshot": restore.get("snapshot"),
+        "files_checked": restore.get("files_checked"),
+        "mismatches": restore.get("mismatches"),
+        "problems": problems,
+    }
+
+
 # --- subcommand: reporter-up ------------------------------------------------------------------
 
 
@@ -946,6 +1004,26 @@ def cmd_reporter_up(args: argparse.Namespace) -> Json:
             last = str(exc)
             time.sleep(1)
     return {"url": reporter.url, "problems": [f"the reporter did not answer within {args.timeout} s: {last[-300:]}"]}
+
+
+def cmd_reporter_url(args: argparse.Namespace) -> Json:
+    """The reporter's URL as the hosts use it, and the same service at the container's address."""
+    reporter = Reporter(args.via)
+    parsed = urllib.parse.urlsplit(reporter.url)
+    inspect = json.loads(
+        subprocess.run([PODMAN, "inspect", args.reporter], capture_output=True, check=True).stdout.decode()
+    )
+    networks = inspect[0]["NetworkSettings"]["Networks"]
+    address = (networks.get(args.network) or next(iter(networks.values())))["IPAddress"]
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return {
+        "url": reporter.url,
+        "direct_url": f"{parsed.scheme}://{address}:{port}",
+        "address": address,
+        "port": port,
+        "ca_file": reporter.ca_file,
+        "problems": [],
+    }
 
 
 # --- subcommand: pg-restore -------------------------------------------------------------------
@@ -1307,6 +1385,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("dst_host")
     p.add_argument("dst_root")
     p.add_argument("sub", nargs="*")
+    p.add_argument("--exclusive", action="store_true", help="the destination holds nothing but SUB")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("offsite", help="read an offsite copy with restic directly")
@@ -1322,10 +1401,23 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("destination")
     p.set_defaults(func=cmd_offsite_keeps)
 
+    p = sub.add_parser("manifest", help="the reporter holds a recent signed manifest of a kind from a host")
+    p.add_argument("--via", required=True)
+    p.add_argument("--since", type=float, default=0)
+    p.add_argument("host")
+    p.add_argument("kind")
+    p.set_defaults(func=cmd_manifest)
+
     p = sub.add_parser("reporter-up", help="wait until the reporter answers")
     p.add_argument("--via", required=True)
     p.add_argument("--timeout", type=float, default=120)
     p.set_defaults(func=cmd_reporter_up)
+
+    p = sub.add_parser("reporter-url", help="the reporter's URL, and at its container's address")
+    p.add_argument("--via", required=True)
+    p.add_argument("--network", default="bk-molecule")
+    p.add_argument("reporter")
+    p.set_defaults(func=cmd_reporter_url)
 
     p = sub.add_parser("pg-restore", help="restore a job's database dump into a fresh database and compare")
     p.add_argument("host")
