@@ -93,7 +93,7 @@ def test_every_command_works_while_serve_runs(data_dir: Path, tmp_path: Path) ->
         _wait_until_healthy(url, serve)
         web1 = Host("web1", make_key(tmp_path, "web1"))
         run(data_dir, "hosts", "add", "web1", "--key", web1.public_line)
-        assert httpx.post(f"{url}/api/v1/manifests", json=web1.envelope()).status_code == 201
+        assert httpx.post(f"{url}/api/v1/manifests", json=web1.envelope(), timeout=60).status_code == 201
         assert "web1  home  backup  ok" in run(data_dir, "status").stdout
         assert run(data_dir, "audit").returncode == 0
         assert cluster_running(data_dir)
@@ -111,7 +111,7 @@ def _wait_until_healthy(url: str, process: subprocess.Popen[str]) -> None:
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.2)

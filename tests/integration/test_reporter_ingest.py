@@ -440,7 +440,10 @@ def test_a_large_batch_is_verified_in_worker_processes_and_answered_in_order(
     envelopes = [host.envelope() for _n in range(20) for host in (web1, db1)]
     forged = {"manifest": web1.text(seq=99), "signature": envelopes[0]["signature"]}
     batch = [*envelopes[:17], forged, envelopes[3], *envelopes[17:]]
-    with serving(reporter_db, Settings(verify_processes=2)) as live, httpx.Client(base_url=live.url) as http:
+    with (
+        serving(reporter_db, Settings(verify_processes=2)) as live,
+        httpx.Client(base_url=live.url, timeout=120) as http,
+    ):
         results = http.post("/api/v1/manifests/batch", json=batch).json()
     expected = [201] * 17 + [401, 200] + [201] * 23
     assert [r["status"] for r in results] == expected
@@ -479,7 +482,7 @@ def test_manifests_arrive_over_https_verified_against_the_ca(
     cert, key = _certificate_for_loopback(tmp_path)
     with serving(reporter_db, ssl_certfile=str(cert), ssl_keyfile=str(key)) as live:
         assert live.url.startswith("https://127.0.0.1:")
-        with httpx.Client(base_url=live.url, verify=ssl.create_default_context(cafile=str(cert))) as https:
+        with httpx.Client(base_url=live.url, verify=ssl.create_default_context(cafile=str(cert)), timeout=60) as https:
             assert_answer(post(https, web1.envelope()), 201, "stored")
         with httpx.Client(base_url=live.url) as untrusting, pytest.raises(httpx.ConnectError):
             untrusting.get("/healthz")
