@@ -304,7 +304,59 @@ class Answers:
         self.other += sum(1 for status in statuses if not 200 <= status < 300)
 
 
-def run_single(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float) -> Answers:
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process (utime and stime of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    return parents
+
+
+def _tree_cpu_seconds(root: int, parents: dict[int, int]) -> float:
+    total = 0.0
+    for pid in [root, *(pid for pid, parent in parents.items() if parent == root)]:
+        try:
+            total += _cpu_seconds(pid) if pid == root else _tree_cpu_seconds(pid, parents)
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by the reporter, PostgreSQL and this load generator: what a phase costs,
+    whatever else the machine is busy with."""
+
+    reporter_pid: int
+    postmaster_pid: int
+
+    def sample(self) -> tuple[float, float, float]:
+        parents = _parents()
+        return (
+            _tree_cpu_seconds(self.reporter_pid, parents),
+            _tree_cpu_seconds(self.postmaster_pid, parents),
+            time.process_time(),
+        )
+
+    def report(self, before: tuple[float, float, float], manifests: int) -> str:
+        used = [(after - start) / manifests * 1000 for after, start in zip(self.sample(), before, strict=True)]
+        cores = os.cpu_count() or 1
+        return (
+            f"    CPU per manifest: reporter {used[0]:.2f} ms, PostgreSQL {used[1]:.2f} ms, load generator "
+            f"{used[2]:.2f} ms; {cores} cores fully used would allow about {cores * 1000 / sum(used):.0f}/s"
+        )
+
+
+def run_single(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter) -> Answers:
+    before = meter.sample()
     elapsed, latencies, statuses = asyncio.run(post_singles(port, workload.singles, args.concurrency))
     rate = len(workload.singles) / elapsed
     p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
@@ -312,18 +364,21 @@ def run_single(port: int, workload: Workload, args: argparse.Namespace, raw_rate
         f"single POST, {args.concurrency} clients:  {rate:9.0f} manifests/s  (ratio {rate / raw_rate:.2f}; "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, mean {statistics.fmean(latencies) * 1000:.1f} ms)"
     )
+    print(meter.report(before, len(workload.singles)))
     answers = Answers()
     answers.count(statuses)
     return answers
 
 
-def run_batches(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float) -> Answers:
+def run_batches(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter) -> Answers:
+    before = meter.sample()
     elapsed, statuses = asyncio.run(post_batches(port, workload.batches, args.batch_concurrency))
     rate = workload.batch_items / elapsed
     print(
         f"batch POST, {args.batch_size} per request, {args.batch_concurrency} clients:  {rate:9.0f} manifests/s  "
         f"(ratio {rate / raw_rate:.2f})"
     )
+    print(meter.report(before, workload.batch_items))
     answers = Answers()
     answers.count(statuses)
     return answers
@@ -352,10 +407,11 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace) -> i
     print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
     port = free_port()
     reporter = start_reporter(cluster, "bench", port)
+    meter = CpuMeter(reporter.pid, int((cluster.data_dir / "postmaster.pid").read_text().split()[0]))
     try:
-        single = run_single(port, workload, args, raw_rate)
+        single = run_single(port, workload, args, raw_rate, meter)
         single.rows_after = stored_events(owner_url)
-        batch = run_batches(port, workload, args, raw_rate)
+        batch = run_batches(port, workload, args, raw_rate, meter)
         batch.rows_after = stored_events(owner_url) - single.rows_after
     finally:
         reporter.terminate()
@@ -374,6 +430,7 @@ def main() -> int:
     scratch.chmod(0o755)
     cluster = LocalCluster.under(scratch / "pg", fsync=True)
     print(f"machine: {describe_machine()}; fsync on, loopback, unix socket to PostgreSQL", flush=True)
+    print(f"load average before the run: {os.getloadavg()[0]:.2f} (other work shares these cores)", flush=True)
     try:
         return measure(cluster, scratch, args)
     finally:
