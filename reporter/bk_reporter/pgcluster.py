@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-SERVER_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 # A unix socket path must fit in sun_path (108 bytes) with ".s.PGSQL.5432".
 MAX_SOCKET_DIR_LEN = 90
 
