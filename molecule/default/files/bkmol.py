@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,9 @@ class CheckFailed(Exception):
 # --- instances -----------------------------------------------------------------------------
 
 
+SSH_CONFIG = os.environ.get("BKMOL_SSH_CONFIG")
+
+
 def run(
     host: str,
     argv: Sequence[str],
@@ -58,12 +63,36 @@ def run(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv on an instance; stdout and stderr are captured as bytes.
 
-    `env` reaches the command through podman's own environment (`podman exec -e NAME`),
-    never through a command line, so that credentials appear in no process listing.
+    Through SSH when BKMOL_SSH_CONFIG names an ssh_config for the instances (one multiplexed
+    connection per instance: fast), else `podman exec`. `env` never reaches a command line:
+    over SSH it is read by the remote shell from stdin, with podman it passes through
+    podman's own environment (`podman exec --env NAME`).
     """
-    names = sorted(env or {})
-    cmd = [PODMAN, "exec", "-i", *(f"--env={name}" for name in names), host, *argv]
-    proc_env = {**os.environ, **(env or {})}
+    if SSH_CONFIG and Path(SSH_CONFIG).is_file() and not (env and stdin):
+        remote = shlex.join(argv)
+        if env:
+            stdin = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())).encode()
+            remote = f'eval "$(cat)" && exec {remote}'
+        cmd = [
+            "ssh",
+            "-F",
+            SSH_CONFIG,
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            "ControlPersist=120s",
+            "-o",
+            "ControlPath=/tmp/bkmol-%C",
+            "-o",
+            "BatchMode=yes",
+            host,
+            remote,
+        ]
+        proc_env = None
+    else:
+        names = sorted(env or {})
+        cmd = [PODMAN, "exec", "-i", *(f"--env={name}" for name in names), host, *argv]
+        proc_env = {**os.environ, **(env or {})}
     proc = subprocess.run(cmd, input=stdin or b"", capture_output=True, timeout=timeout, check=False, env=proc_env)
     if check and proc.returncode != 0:
         tail = proc.stderr.decode("utf-8", "replace")[-2000:]
@@ -94,9 +123,15 @@ def list_dir(host: str, path: str) -> list[str]:
     return sorted(line for line in proc.stdout.decode().splitlines() if line)
 
 
+_CONFIGS: dict[str, Json] = {}
+
+
 def bk_config(host: str) -> Json:
-    cfg = read_json(host, "/etc/bk/bk.json", {})
-    return cfg if isinstance(cfg, dict) else {}
+    """/etc/bk/bk.json of a host (read once per run: configuration does not change under verify)."""
+    if host not in _CONFIGS:
+        cfg = read_json(host, "/etc/bk/bk.json", {})
+        _CONFIGS[host] = cfg if isinstance(cfg, dict) else {}
+    return _CONFIGS[host]
 
 
 def state_dir(host: str) -> str:
@@ -247,7 +282,11 @@ def journal(host: str, unit: str, invocation: str | None = None) -> list[str]:
 
 
 class Reporter:
-    """The reporter's HTTP API, reached from an instance with the URL the hosts deliver to."""
+    """The reporter's HTTP API, at the URL the hosts deliver to.
+
+    When the reporter's host is a container of this machine (the URL names it), the API is
+    read directly at the container's address; otherwise through `curl` on the instance `via`.
+    """
 
     def __init__(self, via: str, url: str | None = None) -> None:
         cfg = bk_config(via)
@@ -256,6 +295,18 @@ class Reporter:
         self.ca_file = cfg.get("reporter_ca_file")
         if not self.url:
             raise CheckFailed(f"{via}: /etc/bk/bk.json has no reporter_url")
+        self.direct = self._direct_url()
+
+    def _direct_url(self) -> str | None:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            return None
+        proc = subprocess.run([PODMAN, "inspect", parsed.hostname], capture_output=True, check=False)
+        if proc.returncode != 0:
+            return None
+        networks = json.loads(proc.stdout)[0]["NetworkSettings"]["Networks"]
+        addresses = [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
+        return f"http://{addresses[0]}:{parsed.port or 80}" if addresses else None
 
     def _curl(self) -> list[str]:
         argv = ["curl", "-sS", "--max-time", "20"]
@@ -263,13 +314,27 @@ class Reporter:
             argv += ["--cacert", self.ca_file]
         return argv
 
+    def _fetch(self, path: str) -> Any:
+        assert self.direct
+        try:
+            with urllib.request.urlopen(self.direct + path, timeout=20) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            raise CheckFailed(f"GET {path}: {exc.code} {exc.read()[:300]!r}") from exc
+        except OSError as exc:
+            raise CheckFailed(f"GET {path}: {exc}") from exc
+
     def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        body = text(self.via, [*self._curl(), "--fail-with-body", url])
+        path = path + ("?" + urllib.parse.urlencode(params) if params else "")
+        if self.direct:
+            return self._fetch(path)
+        body = text(self.via, [*self._curl(), "--fail-with-body", self.url + path])
         return json.loads(body)
 
     def get_many(self, paths: Sequence[str]) -> list[Any]:
-        """Several GETs in one curl run (one document per line, in order)."""
+        """Several GETs (through one curl run when not direct: one document per line)."""
+        if self.direct:
+            return [self._fetch(p) for p in paths]
         config = "".join(f'url = "{self.url}{p}"\nwrite-out = "\\n"\n' for p in paths)
         lines = [
             line for line in text(self.via, [*self._curl(), "-K", "-"], stdin=config.encode()).splitlines() if line
@@ -346,13 +411,8 @@ def manifests(events: list[Json]) -> list[tuple[Json, str, str]]:
 
 
 def host_public_keys(host: str) -> list[str]:
-    keys = []
-    for name in list_dir(host, "/etc/ssh"):
-        if name.startswith("ssh_host_") and name.endswith("_key.pub"):
-            line = (read_file(host, f"/etc/ssh/{name}") or "").split()
-            if len(line) >= 2:
-                keys.append(f"{line[0]} {line[1]}")
-    return keys
+    raw = text(host, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], check=False)
+    return [" ".join(line.split()[:2]) for line in raw.splitlines() if len(line.split()) >= 2]
 
 
 def ssh_verify(message: str, signature: str, principal: str, keys: Sequence[str], workdir: Path) -> bool:
@@ -610,7 +670,14 @@ def restic_json(host: str, env: dict[str, str], argv: Sequence[str], timeout: fl
     proc = run(host, ["restic", "--no-lock", *argv, "--json"], env=env, check=False, timeout=timeout)
     if proc.returncode != 0:
         raise CheckFailed(f"{host}: restic {' '.join(argv)} failed: {proc.stderr.decode()[-1500:]}")
-    return json.loads(proc.stdout.decode() or "null")
+    out = proc.stdout.decode().strip()
+    if not out:
+        return None
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        # Some commands (`ls`) print one JSON document per line.
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def job_repo_env(host: str, job: str, label: str) -> dict[str, str]:
@@ -1038,7 +1105,7 @@ for t in $(q "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
 ' ORDER BY x::text)), '-') FROM $t x")"
 done
 runuser -u postgres -- pg_dump --schema-only --no-owner --no-privileges "$db" |
-  grep -v -E '^(--|SET |SELECT pg_catalog)' | md5sum
+  grep -v -E '^(--|SET |SELECT pg_catalog|\\(un)?restrict )' | md5sum
 """
 
 
@@ -1275,7 +1342,7 @@ def gather_secrets(hosts: Sequence[str]) -> dict[str, str]:
                 for key, value in values.items():
                     if SECRET_KEYS.search(key):
                         add(f"{host}:rclone:{section}:{key}", value)
-    for index, value in enumerate(filter(None, os.environ.get("BKMOL_EXTRA_SECRETS", "").split("\n"))):
+    for index, value in enumerate(json.loads(os.environ.get("BKMOL_EXTRA_SECRETS") or "[]")):
         add(f"inventory:{index}", value)
     return found
 
@@ -1450,6 +1517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except CheckFailed as exc:
         result = {"problems": [str(exc)]}
+    except Exception as exc:  # a broken check must fail with its reason, as JSON
+        result = {"problems": [f"{type(exc).__name__}: {exc}"]}
     # Credentials in URLs never leave this program, whatever a tool printed.
     print(re.sub(r"//[^/@\s\"]*:[^/@\s\"]*@", "//***@", json.dumps(result, indent=1, sort_keys=True)))
     return 1 if result.get("problems") else 0
