@@ -323,3 +323,18 @@ def test_a_reader_role_reads_the_views_and_no_table(reporter_db: ReporterDatabas
 def test_a_missing_reader_role_is_a_clear_error(reporter_db: ReporterDatabase) -> None:
     with pytest.raises(db.DatabaseError, match="the reader role 'nobody_here' does not exist"):
         db.migrate(reporter_db.owner_url, "bk_reporter_app", "nobody_here")
+
+
+def test_a_lost_database_connection_is_a_503_to_retry_and_the_pool_recovers(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE usename = 'bk_reporter_app' AND datname = current_database()"
+        )
+    envelope = web1.envelope()
+    lost = client.post("/api/v1/manifests", json=envelope)
+    assert (lost.status_code, lost.json()["code"], lost.headers["retry-after"]) == (503, "unavailable", "30")
+    assert client.post("/api/v1/manifests", json=envelope).status_code == 201
