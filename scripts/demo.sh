@@ -70,16 +70,26 @@ def hosts(group, seen=()):
 print("\n".join(dict.fromkeys(hosts(sys.argv[1]))))' "$1"
 }
 
-# Runs one check or action of the lab helper and prints a one-line summary of it.
+# Runs one check or action of the lab helper and prints its summary and problems.
 bkmol() {
   local out rc=0
   out=$(python3 "$BKMOL" "$@") || rc=$?
   printf '%s\n' "$out" | python3 -c 'import json, sys
 r = json.load(sys.stdin)
-keys = ["host", "timer", "result", "duration_seconds", "destination"]
-line = ", ".join(f"{k}={r[k]}" for k in keys if k in r)
-print("    " + (line or "ok") + ("" if not r.get("problems") else "  PROBLEMS: " + "; ".join(r["problems"])))' >&2
-  return $rc
+for line in r.get("summary") or []:
+    print("    " + line)
+for problem in r.get("problems") or []:
+    print("    PROBLEM: " + problem)' >&2
+  [ "$rc" = 0 ] || die "lab check failed: $1"
+}
+
+# HOST:TIMER pairs of kinds of units (backup, receipts, offsite...) from `bkmol units`.
+units_pairs() {
+  local units=$1
+  shift
+  printf '%s' "$units" | python3 -c 'import json, sys
+u = json.load(sys.stdin)
+print(" ".join(e["pair"] for kind in sys.argv[1:] for e in u[kind]))' "$@"
 }
 
 reporter_target() {
@@ -195,27 +205,25 @@ up() {
   local hosts units
   mapfile -t hosts < <(group_hosts all)
   units=$(python3 "$BKMOL" units "${hosts[@]}") || die "bk units missing: $units"
+  local without
+  without=$(printf '%s' "$units" | python3 -c 'import json, sys
+u = json.load(sys.stdin)
+print(" ".join(h for h in sys.argv[1:] if not any(e["host"] == h for e in u["backup"])))' "${hosts[@]}")
+  [ -z "$without" ] || say "lab hosts without a backup job of their own (not in the check): $without"
 
   step "backups: every client job fired through its systemd timer"
-  local line
-  while read -r line; do
-    # shellcheck disable=SC2086
-    bkmol fire $line --timeout 600
-  done < <(printf '%s' "$units" | python3 -c 'import json, sys
-for e in json.load(sys.stdin)["backup"]:
-    print(e["host"], e["timer"])')
+  # shellcheck disable=SC2046
+  bkmol fire $(units_pairs "$units" backup) --timeout 900
 
   step "hub: signed receipts and offsite copies (through their timers)"
-  while read -r line; do
-    # shellcheck disable=SC2086
-    bkmol fire $line --timeout 600
-  done < <(printf '%s' "$units" | python3 -c 'import json, sys
-u = json.load(sys.stdin)
-for e in u["receipts"] + u["offsite"]:
-    print(e["host"], e["timer"])')
+  # shellcheck disable=SC2046
+  bkmol fire $(units_pairs "$units" receipts offsite) --timeout 900
 
   step "restore drill (playbooks/drill.yml): a signed drill manifest"
   ansible-playbook "${INV_ARGS[@]}" playbooks/drill.yml
+  # The drill's manifests wait in each host's spool; the flush timers deliver them.
+  # shellcheck disable=SC2046
+  bkmol fire $(units_pairs "$units" flush)
 
   step "reporter: http://127.0.0.1:$PORT"
   local target

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import datetime as dt
 import hashlib
 import json
@@ -549,12 +550,42 @@ def cmd_receipts(args: argparse.Namespace) -> Json:
 
 
 def cmd_fire(args: argparse.Namespace) -> Json:
+    """Fire HOST:TIMER pairs: hosts in parallel, the timers of one host one after the other."""
+    by_host: dict[str, list[str]] = {}
+    for pair in args.pairs:
+        host, _, timer = pair.partition(":")
+        by_host.setdefault(host, []).append(timer)
+
+    def fire_host(host: str) -> list[Json]:
+        out = []
+        for timer in by_host[host]:
+            try:
+                out.append(fire_one(host, timer, args.timeout, args.expect))
+            except CheckFailed as exc:
+                out.append({"host": host, "timer": timer, "problems": [str(exc)]})
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(by_host) or 1) as pool:
+        runs = [r for results in pool.map(fire_host, by_host) for r in results]
+    summary = [
+        f"{r['host']} {r['timer']} -> {r.get('service')}: {r.get('result', 'failed')}, started "
+        f"{r.get('seconds_from_trigger_to_start')} s after the trigger, ran {r.get('duration_seconds')} s"
+        for r in runs
+    ]
+    return {
+        "summary": summary,
+        "runs": runs,
+        "fired": {f"{r['host']}:{r['timer']}": r for r in runs},
+        "problems": [p for r in runs for p in r["problems"]],
+    }
+
+
+def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
     """Make a bk timer elapse now (runtime drop-in OnActiveSec=1s) and wait for its service run.
 
     The unit files the role wrote are untouched: a runtime drop-in in /run adds one
     trigger, and is removed again after the run.
     """
-    host, timer = args.host, args.timer
     service = show(host, timer, ["Triggers"]).get("Triggers", "").split()[0]
     before = monotonic_usec(host)
     fired_at = float(text(host, ["date", "+%s.%N"]).strip())
@@ -565,7 +596,7 @@ def cmd_fire(args: argparse.Namespace) -> Json:
     run(host, ["systemctl", "daemon-reload"])
     run(host, ["systemctl", "restart", timer])
     try:
-        state = wait_for_run(host, service, before, args.timeout)
+        state = wait_for_run(host, service, before, timeout)
     finally:
         run(host, ["rm", "-f", f"{dropin_dir}/{DROPIN_NAME}"])
         run(host, ["rmdir", "--ignore-fail-on-non-empty", dropin_dir], check=False)
@@ -587,7 +618,6 @@ def cmd_fire(args: argparse.Namespace) -> Json:
         problems.append(f"{host}: {service} started {started_at - triggered:.1f} s after {timer} elapsed")
     if timer not in state.get("TriggeredBy", "").split():
         problems.append(f"{host}: {service} is not triggered by {timer}: {state.get('TriggeredBy')}")
-    expect = args.expect
     if expect == "success" and (state["Result"] != "success" or state["ExecMainStatus"] != "0"):
         problems.append(f"{host}: {service} failed: Result={state['Result']} status={state['ExecMainStatus']}")
     lines = journal(host, service, state.get("InvocationID"))
@@ -623,9 +653,9 @@ def cmd_units(args: argparse.Namespace) -> Json:
         for verb, entries in flat.items():
             for name, entry in sorted(units[verb].items()):
                 extra = {"dump": bool((configs.get(name) or {}).get("dump"))} if verb == "backup" else {}
-                entries.append({"host": host, "name": name, **entry, **extra})
+                entries.append({"host": host, "name": name, "pair": f"{host}:{entry['timer']}", **entry, **extra})
     singles = {
-        verb: [{"host": h, **u[verb]} for h, u in per_host.items() if u.get(verb)]
+        verb: [{"host": h, "pair": f"{h}:{u[verb]['timer']}", **u[verb]} for h, u in per_host.items() if u.get(verb)]
         for verb in ("receipts", "maintain", "flush", "reporter")
     }
     problems = [f"{e['host']}: {e['service']} has no timer" for e in flat["backup"] if not e["timer"]]
@@ -975,8 +1005,6 @@ def cmd_offsite(args: argparse.Namespace) -> Json:
                     compared += sum(1 for v in src.values() if not v.startswith("link:"))
                     problems += compare_trees(src, dst, f"{where}:{path}")
             run(hub, ["rm", "-rf", target])
-        if not file_jobs:
-            problems.append(f"{client}: no file backup job to restore from {args.destination}")
         repos.append(
             {
                 "repository": client,
@@ -987,6 +1015,8 @@ def cmd_offsite(args: argparse.Namespace) -> Json:
                 "files_restored_identical": compared,
             }
         )
+    if not any(r["files_restored_identical"] for r in repos):
+        problems.append(f"no file of any client was restored from {args.destination} and compared")
     return {"destination": args.destination, "mode": dest.get("mode"), "repositories": repos, "problems": problems}
 
 
@@ -1411,9 +1441,8 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("host")
     p.set_defaults(func=cmd_state)
 
-    p = sub.add_parser("fire", help="make a timer elapse now and wait for its service")
-    p.add_argument("host")
-    p.add_argument("timer")
+    p = sub.add_parser("fire", help="make timers elapse now and wait for their services")
+    p.add_argument("pairs", nargs="+", metavar="HOST:TIMER")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--expect", choices=["success", "any"], default="success")
     p.set_defaults(func=cmd_fire)
