@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Evidence gathering and checks for the molecule scenario's verify step.
 
 Runs on the machine (the molecule controller) and reaches the instances with
@@ -167,7 +166,7 @@ def show_many(host: str, units: Sequence[str], props: Iterable[str], *, utc: boo
     for unit, block in zip(units, blocks, strict=False):
         values: dict[str, str] = {}
         for line in block.splitlines():
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             values[key] = value
         result[unit] = values
     return result
@@ -351,7 +350,7 @@ class Reporter:
         """
         listed: list[Json] = []
         params: dict[str, str] = {"host": host, "limit": "1000"}
-        for _ in range(1000):
+        for _page in range(1000):
             page = self.get("/api/v1/events", params)
             listed.extend(page["events"])
             if not page.get("next_cursor"):
@@ -443,8 +442,8 @@ def chain_report(reporter: Reporter, host: str, workdir: Path) -> Json:
     rejected = [n for n in list_dir(host, f"{spool_dir(host)}/rejected") if n.endswith(".json")]
     keys = host_public_keys(host)
     stored = manifests(reporter.events(host))
-    seqs = [int(doc["seq"]) for doc, _, _ in stored]
-    ids = [str(doc["id"]) for doc, _, _ in stored]
+    seqs = [int(doc["seq"]) for doc, _text, _sig in stored]
+    ids = [str(doc["id"]) for doc, _text, _sig in stored]
     pending_seqs = sorted(int(n.split("-", 1)[0]) for n in outbox if n.split("-", 1)[0].isdigit())
     if len(set(ids)) != len(ids):
         problems.append(f"{host}: duplicate manifest ids stored")
@@ -482,7 +481,7 @@ def chain_report(reporter: Reporter, host: str, workdir: Path) -> Json:
         if hashlib.sha256(last_text.encode("utf-8")).hexdigest() != state["last_sha256"]:
             problems.append(f"{host}: the reporter's last manifest is not the one the host chained last")
     kinds: dict[str, int] = {}
-    for doc, _, _ in stored:
+    for doc, _text, _sig in stored:
         kinds[doc["kind"]] = kinds.get(doc["kind"], 0) + 1
     return {
         "host": host,
@@ -521,14 +520,14 @@ def cmd_receipts(args: argparse.Namespace) -> Json:
     reporter = Reporter(args.via)
     problems: list[str] = []
     received: dict[str, set[str]] = {}
-    for doc, _, _ in manifests(reporter.events(args.hub)):
+    for doc, _text, _sig in manifests(reporter.events(args.hub)):
         if doc.get("kind") == "hub-receipt":
             repo = (doc.get("repository") or {}).get("name", "")
             for snap in (doc.get("receipt") or {}).get("snapshots", []):
                 received.setdefault(repo, set()).add(snap["id"])
     claims = []
     for client in args.clients:
-        for doc, _, _ in manifests(reporter.events(client)):
+        for doc, _text, _sig in manifests(reporter.events(client)):
             snap = (doc.get("snapshot") or {}).get("id")
             if doc.get("kind") != "backup" or not snap:
                 continue
@@ -553,7 +552,7 @@ def cmd_fire(args: argparse.Namespace) -> Json:
     """Fire HOST:TIMER pairs: hosts in parallel, the timers of one host one after the other."""
     by_host: dict[str, list[str]] = {}
     for pair in args.pairs:
-        host, _, timer = pair.partition(":")
+        host, _sep, timer = pair.partition(":")
         by_host.setdefault(host, []).append(timer)
 
     def fire_host(host: str) -> list[Json]:
@@ -907,7 +906,7 @@ def rclone_conf(hub: str, path: str) -> dict[str, dict[str, str]]:
         if line.startswith("[") and line.endswith("]"):
             current = sections.setdefault(line[1:-1], {})
         elif "=" in line and not line.startswith(("#", ";")):
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             current[key.strip()] = value.strip()
     return sections
 
@@ -915,7 +914,7 @@ def rclone_conf(hub: str, path: str) -> dict[str, dict[str, str]]:
 def offsite_repository(hub: str, dest: Json, repo: str) -> tuple[str, dict[str, str]]:
     """The restic repository URL and environment that read the offsite copy of `repo` directly."""
     remote = dest["remote"].rstrip("/")
-    name, _, rest = remote.partition(":")
+    name, _sep, rest = remote.partition(":")
     conf = rclone_conf(hub, dest["rclone_config"]).get(name, {})
     kind = conf.get("type", "local" if not rest else "")
     if kind == "alias":
@@ -939,7 +938,7 @@ def offsite_repository(hub: str, dest: Json, repo: str) -> tuple[str, dict[str, 
 def latest_offsite_manifest(reporter: Reporter, hub: str, destination: str, repo: str) -> Json | None:
     found = [
         doc
-        for doc, _, _ in manifests(reporter.events(hub))
+        for doc, _text, _sig in manifests(reporter.events(hub))
         if doc.get("kind") == "offsite-copy"
         and (doc.get("repository") or {}).get("name") == repo
         and (doc.get("offsite") or {}).get("destination") == destination
@@ -1295,7 +1294,7 @@ def cmd_retention(args: argparse.Namespace) -> Json:
     reporter = Reporter(args.via)
     problems = []
     result = {}
-    forgets = [d for d, _, _ in manifests(reporter.events(hub)) if d.get("kind") == "forget"]
+    forgets = [d for d, _text, _sig in manifests(reporter.events(hub)) if d.get("kind") == "forget"]
     for repo, expect in plan.items():
         snaps = restic_json(hub, maintenance_env(hub, repo), ["snapshots"]) or []
         now = sorted(s["id"] for s in snaps)
@@ -1430,7 +1429,7 @@ def cmd_secrets(args: argparse.Namespace) -> Json:
 
 
 def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subcommands reads best)
-    top = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    top = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("units", help="bk timers and services of hosts")
