@@ -28,8 +28,8 @@ RUN_FLAGS=(
 say() { printf '\033[1m==> lab: %s\033[0m\n' "$*" >&2; }
 
 wait_booted() {
-  local host=$1 state i
-  for i in $(seq 1 60); do
+  local host=$1 state _
+  for _ in $(seq 1 60); do
     state=$(podman exec "$host" systemctl is-system-running 2>/dev/null || true)
     case "$state" in
       running | degraded) echo "$state"; return 0 ;;

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: bk developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Keep an htpasswd file equal to a set of users with bcrypt hashes.

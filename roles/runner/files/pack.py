@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: bk developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pack files into a reproducible tar on the controller, named by a hash of their contents.
