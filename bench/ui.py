@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Web UI benchmark: server-side render time of the fleet overview and a host page as history grows.
 
 For each --events size it builds a fleet of --hosts clients backing up every hour (plus a hub
@@ -61,7 +60,7 @@ SERVER_SETTINGS = {
     "effective_cache_size": "16GB",
     "maintenance_work_mem": "1GB",
     "work_mem": "16MB",
-    "max_wal_size": "16GB",
+    "max_wal_size": "4GB",
     "checkpoint_timeout": "30min",
     "synchronous_commit": "off",
     "autovacuum": "off",  # the load runs VACUUM ANALYZE itself when it is done
