@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import fleet, metrics, openapi
-from .ingest import Limits, Outcome, parse_json_body
-from .receive import receive
+from . import fleet, metrics, openapi, store
+from .group_commit import GroupWriter
+from .ingest import KeyRing, Limits, Outcome, parse_json_body
+from .receive import receive_with
 from .settings import Settings
 from .verifying import Verifier
 from .web.routes import install_pages
@@ -85,6 +86,7 @@ class Reporter:
         )
         self.counters = metrics.IngestCounters()
         self.verifier = Verifier(settings.verify_processes)
+        self.writer = GroupWriter(self.pool)
 
     @property
     def single_body_limit(self) -> int:
@@ -100,8 +102,7 @@ class Reporter:
         parsed = parse_json_body(body)
         if isinstance(parsed, Outcome):
             return self._counted("single", parsed)
-        async with self.pool.connection() as conn:
-            (outcome,) = await receive(conn, [parsed], self.limits, self.verifier)
+        (outcome,) = await self._receive([parsed])
         return self._counted("single", outcome)
 
     async def post_batch(self, request: Request) -> Response:
@@ -117,8 +118,7 @@ class Reporter:
         if len(parsed) > self.settings.max_batch_items:
             limit = self.settings.max_batch_items
             return self._counted("batch", Outcome(413, "too_many_items", f"a batch holds at most {limit} envelopes"))
-        async with self.pool.connection() as conn:
-            outcomes = await receive(conn, parsed, self.limits, self.verifier)
+        outcomes = await self._receive(parsed)
         self.counters.count("batch", 200, outcomes)
         by_code: dict[str, int] = {}
         for outcome in outcomes:
@@ -126,6 +126,13 @@ class Reporter:
             _log_outcome(outcome)
         log.info("batch", extra={"items": len(outcomes), "outcomes": by_code})
         return JSONResponse([outcome.as_json() for outcome in outcomes])
+
+    async def _receive(self, items: list[Any]) -> list[Outcome]:
+        return await receive_with(self._active_keys, self.writer.store, items, self.limits, self.verifier)
+
+    async def _active_keys(self, fingerprints: Iterable[str]) -> KeyRing:
+        async with self.pool.connection() as conn:
+            return await store.active_keys(conn, fingerprints)
 
     def _counted(self, endpoint: str, outcome: Outcome) -> Response:
         self.counters.count(endpoint, outcome.status, [outcome])

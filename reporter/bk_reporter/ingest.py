@@ -173,7 +173,7 @@ def signed_by(envelope: Envelope, limits: Limits) -> SignedBy | Outcome:
             413, "too_large", f"the manifest is {len(message)} bytes; the limit is {limits.max_manifest_bytes}"
         )
     try:
-        public_key = sshsig.normalize_public_key(sshsig.signature_public_key(envelope.signature))
+        public_key = sshsig.signature_public_key(envelope.signature)  # "keytype base64", as enrolled
         fingerprint = sshsig.fingerprint(public_key)
     except (sshsig.SignatureError, ValueError) as exc:
         return Outcome(401, "bad_signature", f"the signature is not a readable SSHSIG signature: {exc}")

@@ -164,11 +164,7 @@ async def _store_once(conn: psycopg.AsyncConnection, manifests: Sequence[Verifie
     ]
 
 
-async def store(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
-    """Store manifests with distinct ids; the outcomes come in the same order, after COMMIT.
-
-    `conn` must be in autocommit mode (the reporter's pool makes its connections so).
-    """
+async def _store_distinct(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
     attempt = 1
     while True:
         try:
@@ -177,3 +173,29 @@ async def store(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedManif
             if attempt == DEADLOCK_RETRIES:
                 raise
             attempt += 1
+
+
+def _repeat(manifest: VerifiedManifest, first: VerifiedManifest, first_outcome: Outcome) -> Outcome:
+    """The answer for a manifest whose id came earlier in the same call."""
+    if manifest.manifest != first.manifest:
+        return Outcome(
+            409, "id_conflict", f"another manifest with id {manifest.manifest_id} is stored", manifest.manifest_id
+        )
+    if first_outcome.status in (200, 201):
+        return Outcome(200, "duplicate", "this manifest is already stored (identical bytes)", manifest.manifest_id)
+    return first_outcome
+
+
+async def store(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
+    """Store manifests; the outcomes come in the same order, after COMMIT.
+
+    An id that repeats is stored once: the first in order decides, the repeats are answered as
+    retries (200) or conflicts (409). `conn` must be in autocommit mode (the reporter's pool
+    makes its connections so).
+    """
+    firsts: dict[uuid.UUID, VerifiedManifest] = {}
+    for manifest in manifests:
+        firsts.setdefault(manifest.id, manifest)
+    unique = list(firsts.values())
+    stored = dict(zip((m.id for m in unique), await _store_distinct(conn, unique), strict=True)) if unique else {}
+    return [stored[m.id] if firsts[m.id] is m else _repeat(m, firsts[m.id], stored[m.id]) for m in manifests]

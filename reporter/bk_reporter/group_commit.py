@@ -1,0 +1,54 @@
+"""Storing the manifests of concurrent requests together: one INSERT and one commit for a group.
+
+While a writer's INSERT runs and waits for its commit, the verified manifests of other requests
+gather; the next INSERT takes them all. PostgreSQL then commits once and runs its trigger once
+for the group instead of once per request, which is what lets single-manifest POSTs keep up
+with many hosts at once. Every request still gets its answers only after the commit that
+stored (or refused) its manifests, and a failure reaches every request of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from psycopg_pool import AsyncConnectionPool
+
+from . import store
+from .ingest import Outcome, VerifiedManifest
+
+WRITERS = 2
+
+
+class GroupWriter:
+    """Stores manifests for concurrent callers, at most WRITERS INSERT statements at a time."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[VerifiedManifest, asyncio.Future[Outcome]]] = []
+        self._writers: set[asyncio.Task[None]] = set()
+
+    async def store(self, manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _manifest in manifests]
+        self._waiting.extend(zip(manifests, futures, strict=True))
+        if len(self._writers) < WRITERS:
+            writer = asyncio.create_task(self._write())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        return list(await asyncio.gather(*futures))
+
+    async def _write(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                async with self._pool.connection() as conn:
+                    outcomes = await store.store(conn, [manifest for manifest, _future in group])
+            except Exception as exc:  # handed to every request of the group
+                for _manifest, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_manifest, future), outcome in zip(group, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
