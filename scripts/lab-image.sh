@@ -78,7 +78,6 @@ customize() {
   cat >"$root/etc/systemd/system/bk-ssh-hostkeys.service" <<'UNIT'
 [Unit]
 Description=Generate this container's SSH host keys
-Documentation=man:ssh-keygen(1)
 DefaultDependencies=no
 After=local-fs.target
 Before=ssh.service sysinit.target

@@ -84,6 +84,10 @@ down() {
     [ -z "$(podman ps -a --filter "network=$NETWORK" --format '{{.Names}}')" ]; then
     say "removing network $NETWORK"
     podman network rm "$NETWORK" >/dev/null
+    rm -f .cache/lab/ssh-inventory.yml
+  elif podman network exists "$NETWORK"; then
+    write_hosts
+    write_ssh_access
   fi
 }
 
