@@ -259,6 +259,7 @@ def test_overdue_page_says_by_how_much_and_who_never_reported(open_page: Opener,
     page = open_page("/overdue", "overdue")
     overdue = {r["host"]: r for r in rows(page, "table.overdue tbody tr")}
     assert set(overdue) == {SCENARIOS.stale, SCENARIOS.late}
+    assert page.locator("h2 .count").all_inner_texts() == ["2", str(len(SCENARIOS.missing))]
     assert overdue[SCENARIOS.stale]["state"] == "stale"
     assert "4 d 2 h" in overdue[SCENARIOS.stale]["text"]  # daily cadence, silent for 5 d 2 h
     assert overdue[SCENARIOS.late]["state"] == "late"
@@ -307,5 +308,6 @@ def test_pages_send_the_strict_policy_and_refuse_bad_input(reporter: LiveReporte
         assert client.get("/events/00000000-0000-4000-8000-000000000000").status_code == 404
         assert client.get("/?state=sleepy").status_code == 400
         assert client.get("/?page=0").status_code == 400
+        assert client.get("/overdue?page=-1").status_code == 400
         assert client.get("/hosts/web-01?before=nonsense").status_code == 400
         assert "db;dur=" in client.get("/").headers["server-timing"]

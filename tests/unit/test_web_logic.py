@@ -14,7 +14,15 @@ from starlette.testclient import TestClient
 
 from bk_evidence import sshsig
 from bk_reporter.web.charts import Point, line_chart
-from bk_reporter.web.pages import BadRequest, Cursor, Filters, link_checks, pretty_manifest, verify_now
+from bk_reporter.web.pages import (
+    BadRequest,
+    Cursor,
+    Filters,
+    link_checks,
+    page_number,
+    pretty_manifest,
+    verify_now,
+)
 from bk_reporter.web.routes import install_pages
 from bk_reporter.web.security import CONTENT_SECURITY_POLICY, PageAuth
 from bk_reporter.web.timefmt import absolute_tag, duration, time_tag
@@ -38,6 +46,14 @@ def test_filters_read_and_write_query_strings() -> None:
 def test_unusable_filters_are_refused(params: dict[str, str]) -> None:
     with pytest.raises(BadRequest):
         Filters.from_query(params)
+
+
+def test_page_numbers() -> None:
+    assert page_number({}) == 1
+    assert page_number({"page": "7"}) == 7
+    for bad in ("0", "-1", "1.5", "100001"):
+        with pytest.raises(BadRequest):
+            page_number({"page": bad})
 
 
 def test_timeline_cursor_round_trips_to_the_microsecond() -> None:

@@ -38,6 +38,7 @@ DRILL_LIMIT = 10
 TIMELINE_PAGE = 50
 DETAIL_LIMIT = 100
 MAX_TEXT = 200
+MAX_PAGE = 100_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Row = dict[str, Any]
@@ -54,6 +55,13 @@ def _text_parameter(params: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+def page_number(params: Mapping[str, str]) -> int:
+    page = params.get("page", "1")
+    if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE:
+        raise BadRequest("page must be a positive number")
+    return int(page)
+
+
 @dataclass(frozen=True)
 class Filters:
     """The overview's filters and page, from and back to a query string."""
@@ -68,10 +76,7 @@ class Filters:
         state = _text_parameter(params, "state")
         if state is not None and state not in STATES:
             raise BadRequest(f"state must be one of {', '.join(STATES)}")
-        page = params.get("page", "1")
-        if not page.isdigit() or not 1 <= int(page) <= 100_000:
-            raise BadRequest("page must be a positive number")
-        return cls(state, _text_parameter(params, "group"), _text_parameter(params, "job"), int(page))
+        return cls(state, _text_parameter(params, "group"), _text_parameter(params, "job"), page_number(params))
 
     def url(self, **changes: Any) -> str:
         """The overview's URL with these filters, some changed (a changed filter restarts at page 1)."""
@@ -216,10 +221,17 @@ async def host_page(conn: psycopg.AsyncConnection, host: str, before: Cursor | N
 # -- stale and missing ----------------------------------------------------------------------
 
 
-async def overdue_page(conn: psycopg.AsyncConnection) -> dict[str, Any]:
+async def overdue_page(conn: psycopg.AsyncConnection, page: int) -> dict[str, Any]:
+    overdue = await _rows(conn, queries.OVERDUE, {"limit": PAGE_SIZE, "offset": (page - 1) * PAGE_SIZE})
+    never = await _rows(conn, queries.NEVER_REPORTED, {"limit": DETAIL_LIMIT})
+    total = overdue[0]["total"] if overdue else 0
     return {
-        "overdue": await _rows(conn, queries.OVERDUE),
-        "never": await _rows(conn, queries.NEVER_REPORTED),
+        "overdue": overdue,
+        "overdue_total": total,
+        "page": page,
+        "pages": max(1, math.ceil(total / PAGE_SIZE)),
+        "never": never,
+        "never_total": never[0]["total"] if never else 0,
     }
 
 

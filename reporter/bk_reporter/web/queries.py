@@ -186,19 +186,22 @@ TIMELINE_AFTER = _TIMELINE.format(after="AND (finished_at, id) < (%(before_time)
 
 # -- stale and missing ----------------------------------------------------------------------
 
+# Most overdue first, a page at a time; `total` counts every overdue row.
 OVERDUE = """
 SELECT host, host_group, job, kind, state, last_status, last_finished_at, last_success_at, cadence_seconds,
-       next_due_at, late_at, stale_at, coalesce(next_due_at, stale_at) AS due_at
+       next_due_at, late_at, stale_at, coalesce(next_due_at, stale_at) AS due_at, count(*) OVER () AS total
   FROM fleet_overview
  WHERE kind IS NOT NULL AND (late_at < now() OR stale_at < now())
  ORDER BY coalesce(next_due_at, stale_at), host, job, kind
+ LIMIT %(limit)s OFFSET %(offset)s
 """
 
 NEVER_REPORTED = """
-SELECT eh.host, bk_host_group(eh.host) AS host_group, eh.enrolled_at, eh.active_keys
+SELECT eh.host, bk_host_group(eh.host) AS host_group, eh.enrolled_at, eh.active_keys, count(*) OVER () AS total
   FROM enrolled_hosts eh
  WHERE eh.active_keys > 0 AND NOT EXISTS (SELECT 1 FROM host_chain hc WHERE hc.host = eh.host)
  ORDER BY eh.enrolled_at, eh.host
+ LIMIT %(limit)s
 """
 
 # -- one event ------------------------------------------------------------------------------

@@ -136,7 +136,11 @@ async def host(request: Request) -> Response:
 
 async def overdue(request: Request) -> Response:
     timer = _Timer()
-    context = await _load(request, pages.overdue_page)
+    try:
+        page = pages.page_number(request.query_params)
+    except pages.BadRequest as exc:
+        return _problem(400, "Bad request", str(exc), timer)
+    context = await _load(request, lambda conn: pages.overdue_page(conn, page))
     timer.database_done()
     return _render("overdue.html", context, timer)
 
