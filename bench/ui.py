@@ -7,9 +7,10 @@ signatures are not made or verified (their text is a placeholder), but every chu
 through the reporter's own derived-state trigger, so job_status, host_chain, snapshots and
 the rest are exactly what ingest would have made. Autovacuum runs during the load, as on a
 live database (job_status and host_chain are updated by every chunk, snapshots leave the
-awaiting-receipt index as receipts arrive); a VACUUM ANALYZE ends it. Then `bk-reporter serve`
-on 127.0.0.1, and sequential GETs of each page, each timed by the page's own Server-Timing
-header (database + template, without the network).
+awaiting-receipt index as receipts arrive); a VACUUM ANALYZE ends it. Then one `bk-reporter
+serve` per size on 127.0.0.1, and GETs of each page, one size after the other for every
+request (so that other load on the machine hits all sizes alike), each timed by the page's own
+Server-Timing header (database + template, without the network).
 
 It prints p50 and p95 per page and size, and the ratio of the largest size to the smallest.
 Targets: overview and host page p50 <= 200 ms at 10,000,000 events, ratio <= 1.5.
@@ -304,21 +305,16 @@ class Timings:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def measure(client: httpx.Client, paths: list[str], warmup: int) -> Timings:
-    timings = Timings()
-    for index, path in enumerate(paths):
-        began = time.perf_counter()
-        answer = client.get(path)
-        wall = (time.perf_counter() - began) * 1000
-        answer.raise_for_status()
-        match = TIMING.search(answer.headers.get("server-timing", ""))
-        if match is None:
-            raise RuntimeError(f"{path} answered without a Server-Timing total")
-        if index >= warmup:
-            timings.db_ms.append(float(match.group(1)))
-            timings.server_ms.append(float(match.group(2)))
-            timings.wall_ms.append(wall)
-    return timings
+def timed_get(client: httpx.Client, path: str) -> tuple[float, float, float]:
+    """(database ms, server ms, wall ms) of one GET; the first two from its Server-Timing header."""
+    began = time.perf_counter()
+    answer = client.get(path)
+    wall = (time.perf_counter() - began) * 1000
+    answer.raise_for_status()
+    match = TIMING.search(answer.headers.get("server-timing", ""))
+    if match is None:
+        raise RuntimeError(f"{path} answered without a Server-Timing total")
+    return float(match.group(1)), float(match.group(2)), wall
 
 
 def pages(fleet: Fleet, requests: int) -> dict[str, list[str]]:
@@ -336,28 +332,58 @@ def pages(fleet: Fleet, requests: int) -> dict[str, list[str]]:
 class SizeResult:
     events: int
     load_seconds: float | None  # None: the database was already loaded
-    pages: dict[str, Timings]
+    fleet: Fleet
+    port: int = 0
+    pages: dict[str, Timings] = field(default_factory=dict)
 
 
-def run_size(directory: Path, events: int, hosts_count: int, requests: int, warmup: int) -> SizeResult:
-    cluster = start_cluster(directory)
+def prepare(cluster: LocalCluster, events: int, hosts_count: int) -> SizeResult:
+    """The database of this size, loaded unless it already is."""
     name = database_name(events, hosts_count)
     fleet = Fleet(hosts_count, events, datetime.now(UTC))
     load_seconds = None
     if not loaded(cluster, name):
-        print(
-            f"loading {events:,} events for {hosts_count:,} hosts ({fleet.slots:,} hours of history)", file=sys.stderr
-        )
+        hours = f"{fleet.slots:,} hours of history"
+        print(f"loading {events:,} events for {hosts_count:,} hosts ({hours})", file=sys.stderr)
         load_seconds = load(cluster, name, fleet)
-    port = free_port()
-    process = serve(cluster, name, port, directory / "data")
+    return SizeResult(stored_events(cluster, name), load_seconds, fleet)
+
+
+def measure(results: list[SizeResult], requests: int, warmup: int) -> None:
+    """Each request of each page against every size in turn, so that load on the machine hits all alike."""
+    clients = [httpx.Client(base_url=f"http://127.0.0.1:{r.port}", timeout=120) for r in results]
+    paths = [pages(r.fleet, requests + warmup) for r in results]
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            results = {page: measure(client, paths, warmup) for page, paths in pages(fleet, requests + warmup).items()}
+        for page in paths[0]:
+            for result in results:
+                result.pages[page] = Timings()
+            for index in range(requests + warmup):
+                for result, client, sized_paths in zip(results, clients, paths, strict=True):
+                    db_ms, server_ms, wall_ms = timed_get(client, sized_paths[page][index])
+                    if index >= warmup:
+                        result.pages[page].db_ms.append(db_ms)
+                        result.pages[page].server_ms.append(server_ms)
+                        result.pages[page].wall_ms.append(wall_ms)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-    return SizeResult(stored_events(cluster, name), load_seconds, results)
+        for client in clients:
+            client.close()
+
+
+def run(directory: Path, sizes: list[int], hosts_count: int, requests: int, warmup: int) -> list[SizeResult]:
+    cluster = start_cluster(directory)
+    results = [prepare(cluster, events, hosts_count) for events in sizes]
+    servers = []
+    try:
+        for result, events in zip(results, sizes, strict=True):
+            result.port = free_port()
+            name = database_name(events, hosts_count)
+            servers.append(serve(cluster, name, result.port, directory / f"data-{events}"))
+        measure(results, requests, warmup)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    return results
 
 
 def report(results: list[SizeResult]) -> None:
@@ -385,7 +411,7 @@ def main() -> int:
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bk-bench-ui-"))
     directory.mkdir(parents=True, exist_ok=True)
     print(f"cluster in {directory} · {os.cpu_count()} CPUs · load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
-    results = [run_size(directory, n, args.hosts, args.requests, args.warmup) for n in sorted(args.events or [100_000])]
+    results = run(directory, sorted(args.events or [100_000]), args.hosts, args.requests, args.warmup)
     report(results)
     LocalCluster.under(directory / "pg").stop()
     if args.dir is None:
