@@ -55,6 +55,20 @@ inventory_args() {
   return 0
 }
 
+# An ssh_config for the lab helper from the SSH access scripts/lab.sh writes, so that
+# it reaches the hosts over multiplexed SSH rather than `podman exec`.
+lab_ssh_config() {
+  [ -f .cache/lab/ssh-inventory.yml ] || return 0
+  mkdir -p "$STATE"
+  ansible-inventory -i .cache/lab/ssh-inventory.yml --list 2>/dev/null | python3 -c 'import json, sys
+hostvars = json.load(sys.stdin).get("_meta", {}).get("hostvars", {})
+for name, v in sorted(hostvars.items()):
+    address, user, key = v["ansible_host"], v.get("ansible_user", "root"), v["ansible_ssh_private_key_file"]
+    print(f"Host {name}\n  HostName {address}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes")
+print("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR")' >"$STATE/ssh_config"
+  export BKMOL_SSH_CONFIG=$PWD/$STATE/ssh_config
+}
+
 # Hosts of a group of the lab inventory, one per line.
 group_hosts() {
   ansible-inventory "${INV_ARGS[@]}" --list 2>/dev/null |
@@ -198,6 +212,7 @@ up() {
   step "lab fleet: podman containers with systemd ($(group_hosts all | tr '\n' ' '))"
   scripts/lab.sh up
   inventory_args
+  lab_ssh_config
 
   step "ansible-playbook playbooks/site.yml (hub, reporter, clients, offsite)"
   ansible-playbook "${INV_ARGS[@]}" playbooks/site.yml
