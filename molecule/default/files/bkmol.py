@@ -837,7 +837,16 @@ def cmd_append_only(args: argparse.Namespace) -> Json:
 
 TREE_SCRIPT = r"""
 import hashlib, json, os, stat, sys
-root, subs = sys.argv[1], sys.argv[2:]
+root, exclude_caches, subs = sys.argv[1], sys.argv[2] == "exclude-caches", sys.argv[3:]
+TAG = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+def tagged(directory):
+    try:
+        with open(os.path.join(directory, "CACHEDIR.TAG"), "rb") as f:
+            return f.read(len(TAG)) == TAG
+    except OSError:
+        return False
+
 out = {}
 for sub in subs or [""]:
     base = os.path.join(root, sub.lstrip("/")) if sub else root
@@ -847,6 +856,10 @@ for sub in subs or [""]:
         walk = os.walk(base)
     for dirpath, dirnames, filenames in walk:
         dirnames.sort()
+        if exclude_caches and tagged(dirpath):
+            # restic --exclude-caches keeps the tag file and nothing else of the directory
+            dirnames[:] = []
+            filenames = ["CACHEDIR.TAG"]
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
@@ -863,8 +876,10 @@ print(json.dumps(out))
 """
 
 
-def tree(host: str, root: str, subs: Sequence[str] = ()) -> dict[str, str]:
-    return json.loads(text(host, ["python3", "-c", TREE_SCRIPT, root, *subs]))
+def tree(host: str, root: str, subs: Sequence[str] = (), *, exclude_caches: bool = False) -> dict[str, str]:
+    """sha256 and mode of every file (target of every link) under root, or under root/SUB..."""
+    flag = "exclude-caches" if exclude_caches else "all"
+    return json.loads(text(host, ["python3", "-c", TREE_SCRIPT, root, flag, *subs]))
 
 
 def compare_trees(a: dict[str, str], b: dict[str, str], label: str) -> list[str]:
@@ -999,7 +1014,8 @@ def cmd_offsite(args: argparse.Namespace) -> Json:
                 problems.append(f"{where}: restore failed: {restore.stderr.decode()[-300:]}")
             else:
                 for path in cfg["paths"]:
-                    src = tree(client, path)
+                    # What the job backs up: its exclude_caches applied to the source.
+                    src = tree(client, path, exclude_caches=bool(cfg.get("exclude_caches")))
                     dst = tree(hub, target + path)
                     compared += sum(1 for v in src.values() if not v.startswith("link:"))
                     problems += compare_trees(src, dst, f"{where}:{path}")
