@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import uuid
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 SCHEMA = "bk.manifest/v1"
 KINDS = (
@@ -248,11 +248,13 @@ class ManifestError(ValueError):
 
 
 def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ManifestError("duplicate_key", "duplicate key %r" % key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: Dict[str, None] = {}
+        for key, _value in pairs:
+            if key in seen:
+                raise ManifestError("duplicate_key", "duplicate key %r" % key)
+            seen[key] = None
     return result
 
 
@@ -272,12 +274,18 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+# json.loads(text, object_pairs_hook=..., parse_constant=...) without building a decoder per call.
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def loads_strict(text: str) -> Dict[str, Any]:
     """Parse a manifest text: a JSON object, no duplicate keys, no NaN/Infinity, depth <= 32."""
     if not isinstance(text, str):
         raise ManifestError("invalid_json", "manifest must be a string")
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        doc = _STRICT_DECODER.decode(text)
     except RecursionError:
         raise ManifestError("too_deep", "manifest nests deeper than %d levels" % MAX_DEPTH) from None
     except ValueError as exc:
@@ -286,7 +294,8 @@ def loads_strict(text: str) -> Dict[str, Any]:
         raise ManifestError("invalid_json", "manifest is not valid JSON: %s" % exc) from None
     if not isinstance(doc, dict):
         raise ManifestError("not_an_object", "manifest must be a JSON object")
-    if _depth(doc) > MAX_DEPTH:
+    # Each level opens a bracket: a text with few of them cannot nest deeply (most manifests).
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(doc) > MAX_DEPTH:
         raise ManifestError("too_deep", "manifest nests deeper than %d levels" % MAX_DEPTH)
     return doc
 
@@ -304,23 +313,55 @@ _TYPE_CHECKS = {
 }
 
 
+# The same language as _RFC3339 (``$`` there also matches before a final newline, which the
+# slicing of the original parser then always refused: ``\Z`` here refuses it at once), with groups.
+_RFC3339_FIELDS = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
+)
+_UTC = datetime.timezone.utc
+_ZONES: Dict[str, datetime.tzinfo] = {}
+
+
+def _zone(text: str) -> Optional[datetime.tzinfo]:
+    """The tzinfo of ``Z``, ``z`` or ``+HH:MM``; None if the hours or minutes are out of range."""
+    if text in ("Z", "z"):
+        return _UTC
+    zone = _ZONES.get(text)
+    if zone is None:
+        hours, minutes = int(text[1:3]), int(text[4:6])
+        if hours > 23 or minutes > 59:
+            return None
+        zone = datetime.timezone((-1 if text[0] == "-" else 1) * datetime.timedelta(hours=hours, minutes=minutes))
+        if len(_ZONES) < 4096:
+            _ZONES[text] = zone
+    return zone
+
+
 def parse_timestamp(value: str) -> Optional[datetime.datetime]:
-    """An RFC 3339 timestamp with an offset as an aware datetime; None if it is not one."""
-    if not isinstance(value, str) or not re.match(_RFC3339, value):
+    """An RFC 3339 timestamp with an offset as an aware datetime; None if it is not one.
+
+    Fractions beyond microseconds are truncated; a time that does not exist (month 13, day 30
+    of February, second 60) is not one."""
+    if not isinstance(value, str):
         return None
-    date_part, time_part = value[:10], value[11:]
-    zone_at = len(time_part) - 1 if time_part[-1] in "Zz" else len(time_part) - 6
-    clock, zone = time_part[:zone_at], time_part[zone_at:]
-    seconds, _dot, fraction = clock.partition(".")
+    match = _RFC3339_FIELDS.match(value)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone_text = match.groups()
+    zone = _zone(zone_text)
+    if zone is None:
+        return None
     try:
-        offset = datetime.timedelta(0)
-        if zone not in ("Z", "z"):
-            hours, minutes = int(zone[1:3]), int(zone[4:6])
-            if hours > 23 or minutes > 59:
-                return None
-            offset = (-1 if zone[0] == "-" else 1) * datetime.timedelta(hours=hours, minutes=minutes)
-        parsed = datetime.datetime.strptime(date_part + "T" + seconds, "%Y-%m-%dT%H:%M:%S")
-        return parsed.replace(microsecond=int((fraction + "000000")[:6]), tzinfo=datetime.timezone(offset))
+        return datetime.datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((fraction + "000000")[:6]) if fraction else 0,
+            zone,
+        )
     except ValueError:
         return None
 
@@ -380,9 +421,135 @@ def _object_errors(value: Dict[str, Any], schema: Dict[str, Any], where: str) ->
     return problems
 
 
+# --- the same validation as one yes-or-no check, compiled once ------------------------------
+#
+# Most manifests are valid, and for them nothing of the messages above is needed. _compile
+# turns a schema into a predicate that holds exactly when _errors finds no problem, without
+# building a path or a message; validate() asks _errors for the messages only when it fails.
+
+Check = Callable[[Any], bool]
+
+
+def _all_of(checks: List[Check]) -> Check:
+    if not checks:
+        return lambda value: True
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda value: first(value) and second(value)
+    return lambda value: all(check(value) for check in checks)
+
+
+def _compiled_type(types: Any) -> Check:
+    allowed = [types] if isinstance(types, str) else types
+    type_checks = [_TYPE_CHECKS[name] for name in allowed]
+    if len(type_checks) == 1:
+        return type_checks[0]
+    return lambda value: any(check(value) for check in type_checks)
+
+
+def _compiled_string(schema: Dict[str, Any]) -> Optional[Check]:
+    max_length = schema.get("maxLength")
+    pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
+    date_time = schema.get("format") == "date-time"
+    if max_length is None and pattern is None and not date_time:
+        return None
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, str):
+            return True
+        if max_length is not None and len(value) > max_length:
+            return False
+        if pattern is not None and pattern.search(value) is None:
+            return False
+        return not date_time or parse_timestamp(value) is not None
+
+    return check
+
+
+def _compiled_minimum(schema: Dict[str, Any]) -> Optional[Check]:
+    if "minimum" not in schema:
+        return None
+    minimum = schema["minimum"]
+    is_number = _TYPE_CHECKS["number"]
+    return lambda value: not is_number(value) or not value < minimum
+
+
+def _compiled_array(schema: Dict[str, Any]) -> Optional[Check]:
+    max_items = schema.get("maxItems")
+    item_check = _compile(schema["items"]) if "items" in schema else None
+    if max_items is None and item_check is None:
+        return None
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, list):
+            return True
+        if max_items is not None and len(value) > max_items:
+            return False
+        return item_check is None or all(item_check(item) for item in value)
+
+    return check
+
+
+def _compiled_object(schema: Dict[str, Any]) -> Optional[Check]:
+    if not schema.get("required") and not schema.get("properties") and schema.get("additionalProperties", True) is True:
+        return None
+    required = tuple(schema.get("required", ()))
+    properties = {key: _compile(item) for key, item in schema.get("properties", {}).items()}
+    extra = schema.get("additionalProperties", True)
+    extra_check = _compile(extra) if isinstance(extra, dict) else None
+    refuse_extra = extra is False
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for key in required:
+            if key not in value:
+                return False
+        for key, item in value.items():
+            property_check = properties.get(key)
+            if property_check is not None:
+                if not property_check(item):
+                    return False
+            elif refuse_extra or (extra_check is not None and not extra_check(item)):
+                return False
+        return True
+
+    return check
+
+
+def _compile(schema: Dict[str, Any]) -> Check:
+    """A predicate that holds exactly when ``_errors(value, schema, where)`` is empty."""
+    checks: List[Check] = []
+    if schema.get("type") is not None:
+        checks.append(_compiled_type(schema["type"]))
+    if "enum" in schema:
+        enum = schema["enum"]
+        checks.append(lambda value: value in enum)
+    for compiled in (
+        _compiled_string(schema),
+        _compiled_minimum(schema),
+        _compiled_array(schema),
+        _compiled_object(schema),
+    ):
+        if compiled is not None:
+            checks.append(compiled)
+    return _all_of(checks)
+
+
+_VALID: List[Check] = []
+
+
+def _valid(doc: Any) -> bool:
+    if not _VALID:
+        _VALID.append(_compile(JSON_SCHEMA))
+    return _VALID[0](doc)
+
+
 def validate(doc: Dict[str, Any]) -> List[str]:
     """Human-readable problems with a manifest document; empty when it is valid."""
-    problems = _errors(doc, JSON_SCHEMA, "$")
+    problems = [] if _valid(doc) else _errors(doc, JSON_SCHEMA, "$")
     if not problems:
         started = parse_timestamp(doc["started_at"])
         finished = parse_timestamp(doc["finished_at"])

@@ -19,7 +19,7 @@ import os
 import struct
 import subprocess
 import tempfile
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 try:
     from cryptography.exceptions import InvalidSignature
@@ -146,7 +146,30 @@ def _key_blob_type(blob: bytes) -> str:
     return key_type
 
 
+# Parsed public key lines and loaded public keys, by their text or blob: both are pure
+# functions of it, so the caches never need invalidating; they are bounded all the same.
+_CACHE_LIMIT = 4096
+_KEY_LINES: Dict[str, Tuple[str, bytes]] = {}
+_PUBLIC_KEYS: Dict[bytes, Any] = {}
+
+
+def _remember(cache: Dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
 def _parse_public_key_line(line: str) -> Tuple[str, bytes]:
+    if isinstance(line, str):
+        known = _KEY_LINES.get(line)
+        if known is not None:
+            return known
+    parsed = _parse_public_key_line_uncached(line)
+    _remember(_KEY_LINES, line, parsed)
+    return parsed
+
+
+def _parse_public_key_line_uncached(line: str) -> Tuple[str, bytes]:
     fields = line.split() if isinstance(line, str) else []
     if len(fields) < 2:
         raise ValueError("not an OpenSSH public key line: %r" % (line,))
@@ -268,11 +291,22 @@ def _hash(name: str) -> Any:
 class ParsedSignature:
     """The fields of an SSHSIG blob."""
 
-    def __init__(self, public_blob: bytes, namespace: str, hash_algorithm: str, signature: bytes) -> None:
+    def __init__(
+        self, public_blob: bytes, namespace: str, hash_algorithm: str, signature: bytes, key_type: str = ""
+    ) -> None:
         self.public_blob = public_blob
         self.namespace = namespace
         self.hash_algorithm = hash_algorithm
         self.signature = signature
+        self.key_type = key_type or _key_blob_type(public_blob)
+
+    def public_key(self) -> str:
+        """The embedded public key as ``type base64`` (what signature_public_key returns)."""
+        return "%s %s" % (self.key_type, base64.b64encode(self.public_blob).decode("ascii"))
+
+    def fingerprint(self) -> str:
+        """The embedded public key's fingerprint (what fingerprint(public_key()) returns)."""
+        return _blob_fingerprint(self)
 
 
 def parse(armored: str) -> ParsedSignature:
@@ -291,19 +325,23 @@ def parse(armored: str) -> ParsedSignature:
     reader.end()
     if hash_algorithm not in HASH_ALGORITHMS:
         raise SignatureError("unsupported hash algorithm %r" % hash_algorithm)
-    _key_blob_type(public_blob)
-    return ParsedSignature(public_blob, namespace, hash_algorithm, signature)
+    return ParsedSignature(public_blob, namespace, hash_algorithm, signature, _key_blob_type(public_blob))
 
 
 def signature_public_key(armored: str) -> str:
     """The public key (``type base64``) embedded in an armored signature."""
-    parsed = parse(armored)
-    return "%s %s" % (_key_blob_type(parsed.public_blob), base64.b64encode(parsed.public_blob).decode("ascii"))
+    return parse(armored).public_key()
 
 
 def verify(message: bytes, armored: str, public_keys: Sequence[str], namespace: str = NAMESPACE) -> str:
     """The entry of ``public_keys`` whose key made the signature; SignatureError otherwise."""
-    parsed = parse(armored)
+    return verify_parsed(message, parse(armored), public_keys, namespace)
+
+
+def verify_parsed(
+    message: bytes, parsed: ParsedSignature, public_keys: Sequence[str], namespace: str = NAMESPACE
+) -> str:
+    """verify() of a signature already parse()d."""
     if parsed.namespace != namespace:
         raise SignatureError("signature is for namespace %r, expected %r" % (parsed.namespace, namespace))
     allowed = _allowed_entry(parsed.public_blob, public_keys)
@@ -312,7 +350,7 @@ def verify(message: bytes, armored: str, public_keys: Sequence[str], namespace: 
     if not HAS_CRYPTOGRAPHY:
         raise SignatureError("cannot verify signatures: the cryptography package is not installed")
     data = signed_data(message, namespace, parsed.hash_algorithm)
-    _check_signature(parsed.public_blob, parsed.signature, data)
+    _check_signature(parsed.public_blob, parsed.signature, data, parsed.key_type)
     return allowed
 
 
@@ -331,17 +369,20 @@ def _allowed_entry(public_blob: bytes, public_keys: Sequence[str]) -> Optional[s
     return None
 
 
-def _check_signature(public_blob: bytes, signature: bytes, data: bytes) -> None:
-    key_type = _key_blob_type(public_blob)
+def _check_signature(public_blob: bytes, signature: bytes, data: bytes, key_type: str = "") -> None:
+    key_type = key_type or _key_blob_type(public_blob)
     reader = _Reader(signature)
     signature_type = reader.text()
     raw = reader.string()
     reader.end()
-    line = ("%s %s" % (key_type, base64.b64encode(public_blob).decode("ascii"))).encode("ascii")
-    try:
-        public_key = serialization.load_ssh_public_key(line)
-    except (ValueError, TypeError) as exc:
-        raise SignatureError("signature embeds an invalid public key: %s" % exc) from None
+    public_key = _PUBLIC_KEYS.get(public_blob)
+    if public_key is None:
+        line = ("%s %s" % (key_type, base64.b64encode(public_blob).decode("ascii"))).encode("ascii")
+        try:
+            public_key = serialization.load_ssh_public_key(line)
+        except (ValueError, TypeError) as exc:
+            raise SignatureError("signature embeds an invalid public key: %s" % exc) from None
+        _remember(_PUBLIC_KEYS, public_blob, public_key)
     try:
         _verify_raw(public_key, key_type, signature_type, raw, data)
     except InvalidSignature:

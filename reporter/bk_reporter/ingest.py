@@ -18,6 +18,7 @@ Nothing here touches the database: the keys a batch needs are looked up beforeha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ class SignedBy:
     message: bytes
     public_key: str
     fingerprint: str
+    parsed: sshsig.ParsedSignature
 
 
 @dataclass(frozen=True)
@@ -122,16 +124,22 @@ class _DuplicateKeyError(ValueError):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKeyError(f"the key {key!r} appears twice")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(f"the key {key!r} appears twice")
+            seen.add(key)
     return result
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# json.loads(text, object_pairs_hook=..., parse_constant=...) without a decoder per call.
+_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
 
 
 def parse_json_body(body: bytes) -> Any | Outcome:
@@ -141,7 +149,9 @@ def parse_json_body(body: bytes) -> Any | Outcome:
     except UnicodeDecodeError:
         return Outcome(400, "not_json", "the request body is not UTF-8 text")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _BODY_DECODER.decode(text)
     except _DuplicateKeyError as exc:
         return Outcome(400, "not_json", f"the request body is ambiguous JSON: {exc}")
     except (ValueError, RecursionError) as exc:
@@ -173,11 +183,11 @@ def signed_by(envelope: Envelope, limits: Limits) -> SignedBy | Outcome:
             413, "too_large", f"the manifest is {len(message)} bytes; the limit is {limits.max_manifest_bytes}"
         )
     try:
-        public_key = sshsig.signature_public_key(envelope.signature)  # "keytype base64", as enrolled
-        fingerprint = sshsig.fingerprint(public_key)
+        parsed = sshsig.parse(envelope.signature)
     except (sshsig.SignatureError, ValueError) as exc:
         return Outcome(401, "bad_signature", f"the signature is not a readable SSHSIG signature: {exc}")
-    return SignedBy(envelope, message, public_key, fingerprint)
+    # "keytype base64", as enrolled
+    return SignedBy(envelope, message, parsed.public_key(), parsed.fingerprint(), parsed)
 
 
 # -- 4-8. verification, parsing, validation -----------------------------------------------
@@ -188,7 +198,7 @@ def verify(signed: SignedBy, keys: KeyRing, limits: Limits, now: datetime) -> Ve
     if enrolled is None:
         return Outcome(401, "unknown_key", f"the key {signed.fingerprint} is not enrolled (or has been retired)")
     try:
-        sshsig.verify(signed.message, signed.envelope.signature, [enrolled.public_key])
+        sshsig.verify_parsed(signed.message, signed.parsed, [enrolled.public_key])
     except sshsig.SignatureError as exc:
         return Outcome(401, "bad_signature", f"the signature does not verify: {exc}")
     try:
@@ -242,7 +252,7 @@ def _extracted(
         host=doc["host"],
         seq=int(seq),
         prev=doc["prev"],
-        sha256=bk_manifest.sha256_hex(signed.envelope.manifest),
+        sha256=hashlib.sha256(signed.message).hexdigest(),  # bk_manifest.sha256_hex of the text
         kind=doc["kind"],
         status=doc["status"],
         job=job,

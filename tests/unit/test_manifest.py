@@ -6,6 +6,7 @@ import copy
 import datetime
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -281,3 +282,94 @@ def test_loads_strict_depth_limit_is_32() -> None:
 def test_sha256_is_of_utf8_bytes() -> None:
     assert manifest.sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert manifest.sha256_hex("é") == hashlib.sha256(b"\xc3\xa9").hexdigest()
+
+
+# -- the fast paths agree with the reference implementations --------------------------------
+
+
+@settings(max_examples=1000)
+@given(path=st.sampled_from(PATHS), value=st.one_of(SCALARS, st.lists(SCALARS, max_size=2)))
+def test_compiled_check_agrees_with_the_messages(path: tuple[str, ...], value: object) -> None:
+    """validate() asks _errors for messages only when the compiled predicate fails: both must agree."""
+    doc = copy.deepcopy(full_backup())
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert manifest._valid(doc) == (manifest._errors(doc, manifest.JSON_SCHEMA, "$") == [])
+
+
+def reference_timestamp(value: object) -> datetime.datetime | None:
+    """The original parser (regex gate, strptime), kept here as the reference."""
+    if not isinstance(value, str) or not re.match(manifest._RFC3339, value):
+        return None
+    date_part, time_part = value[:10], value[11:]
+    zone_at = len(time_part) - 1 if time_part[-1] in "Zz" else len(time_part) - 6
+    clock, zone = time_part[:zone_at], time_part[zone_at:]
+    seconds, _dot, fraction = clock.partition(".")
+    try:
+        offset = datetime.timedelta(0)
+        if zone not in ("Z", "z"):
+            hours, minutes = int(zone[1:3]), int(zone[4:6])
+            if hours > 23 or minutes > 59:
+                return None
+            offset = (-1 if zone[0] == "-" else 1) * datetime.timedelta(hours=hours, minutes=minutes)
+        parsed = datetime.datetime.strptime(date_part + "T" + seconds, "%Y-%m-%dT%H:%M:%S")
+        return parsed.replace(microsecond=int((fraction + "000000")[:6]), tzinfo=datetime.timezone(offset))
+    except ValueError:
+        return None
+
+
+TWO_DIGITS = st.integers(0, 99).map("{:02d}".format)
+TIMESTAMP_TEXTS = st.builds(
+    "{}-{}-{}{}{}:{}:{}{}{}{}".format,
+    st.sampled_from(["0000", "0001", "1999", "2000", "2023", "2024", "2100", "9999"]),
+    TWO_DIGITS,
+    TWO_DIGITS,
+    st.sampled_from(["T", "t", " ", "TT"]),
+    TWO_DIGITS,
+    TWO_DIGITS,
+    TWO_DIGITS,
+    st.sampled_from(["", ".", ".5", ".123456", ".1234567891", ".0000001"]),
+    st.sampled_from(["Z", "z", "", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+01:60", "+1:00", "+0100"]),
+    st.sampled_from(["", "\n", " ", "x"]),
+)
+
+
+@settings(max_examples=3000)
+@given(text=st.one_of(TIMESTAMP_TEXTS, st.text(max_size=40)))
+def test_timestamp_parser_agrees_with_the_reference(text: str) -> None:
+    parsed, expected = manifest.parse_timestamp(text), reference_timestamp(text)
+    assert parsed == expected
+    if parsed is not None:
+        assert parsed.utcoffset() == expected.utcoffset() and parsed.tzinfo == expected.tzinfo
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2024-02-29T23:59:59Z", "2023-02-29T00:00:00Z", "2024-01-01T00:00:60Z", "2024-01-01T24:00:00Z",
+     "2024-12-31T23:59:59.9999999-23:59", "2024-01-01T00:00:00Z\n", "2024-01-01t00:00:00z"],
+)  # fmt: skip
+def test_timestamp_parser_edge_cases(text: str) -> None:
+    assert manifest.parse_timestamp(text) == reference_timestamp(text)
+
+
+@pytest.mark.parametrize("text", ['{"a": 1, "b": {"c": 2, "c": 3}}', '\ufeff{"a": 1}', '{"a": [' + "{}," * 40 + "{}]}"])
+def test_loads_strict_matches_json_loads_with_hooks(text: str) -> None:
+    def hook(pairs: list) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise manifest.ManifestError("duplicate_key", f"duplicate key {key!r}")
+            seen[key] = value
+        return seen
+
+    try:
+        expected: object = json.loads(text, object_pairs_hook=hook)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: object = manifest.loads_strict(text)
+    except ValueError as exc:
+        got = str(exc).removeprefix("manifest is not valid JSON: ")
+    assert got == expected

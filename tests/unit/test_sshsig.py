@@ -161,6 +161,21 @@ def test_fingerprint_and_normalisation_match_ssh_keygen(keys: dict[str, Path]) -
         assert sshsig.signature_public_key(sshsig.sign(MESSAGE, str(key))) == f"{key_type} {data}"
 
 
+def test_a_parsed_signature_names_its_key_and_verifies_like_verify(keys: dict[str, Path], other_key: Path) -> None:
+    for key in keys.values():
+        line = Path(str(key) + ".pub").read_text()
+        signature = sshsig.sign(MESSAGE, str(key))
+        parsed = sshsig.parse(signature)
+        assert parsed.public_key() == sshsig.signature_public_key(signature) == sshsig.normalize_public_key(line)
+        assert parsed.fingerprint() == sshsig.fingerprint(line)
+        for _round in range(2):  # the second time from the caches of parsed and loaded keys
+            assert sshsig.verify_parsed(MESSAGE, parsed, [line]) == sshsig.verify(MESSAGE, signature, [line]) == line
+            with pytest.raises(sshsig.SignatureError, match="does not verify"):
+                sshsig.verify_parsed(MESSAGE + b" ", parsed, [line])
+            with pytest.raises(sshsig.SignatureError, match="not allowed"):
+                sshsig.verify_parsed(MESSAGE, parsed, [Path(str(other_key) + ".pub").read_text()])
+
+
 @pytest.mark.parametrize(
     "line", ["", "ssh-ed25519", "ssh-ed25519 !!!", "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGk=", "ssh-dss AAAAB3NzaC1kc3M="]
 )
