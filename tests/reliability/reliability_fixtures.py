@@ -153,7 +153,8 @@ class ReporterProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             command = [str(BK_REPORTER), "serve", "--listen", f"127.0.0.1:{self.port}"]
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+            # Its own process group: a kill takes its verifying worker processes too, as systemd would.
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -167,9 +168,9 @@ class ReporterProcess:
         raise RuntimeError("the reporter did not start")
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, connections cut."""
+        """SIGKILL to the server and its workers: no shutdown, no flush, connections cut."""
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
 
     def stop(self) -> None:
