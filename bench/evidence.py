@@ -2,14 +2,19 @@
 
 Prints, in one run:
 - ed25519 manifests signed and verified per second (bk_evidence.sshsig, a realistic backup manifest);
-- the wall-clock ratio of `bk-run backup` over a bare `restic backup --json` of the same data into
-  an empty repository, with the reporter up (a loopback stand-in) and unreachable (packets dropped).
+- `bk-run backup` against a bare `restic backup --json` of the same data, each into a fresh
+  repository primed by one empty backup, with the reporter up (a loopback stand-in), refusing
+  connections, and dropping packets (a listener whose backlog is full); the four variants
+  interleaved in rotated order, each repeated; wall time, CPU time (the process tree's, from
+  wait4) and peak memory (summed RSS of the tree, sampled; and the largest process) per run,
+  medians and their ratios to the bare runs. One warm-up of each, not counted, reads the data
+  into the page cache first; `sync` before each measured run keeps writeback out of the next.
 
 The host runner runs as on a host: the system python3 with the package as /usr/local/lib/bk would
 hold it. Default data set: 200 MB of incompressible files; --gigabytes 1 for the 1 GB target.
 All network traffic stays on 127.0.0.1.
 
-    .venv/bin/python bench/evidence.py [--size-mb 200 | --gigabytes 1] [--repeat 3]
+    .venv/bin/python bench/evidence.py [--size-mb 200 | --gigabytes 1] [--repeat 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,8 +32,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
-from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line  # noqa: E402
+from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line, refusing_port  # noqa: E402
+from measure import Measured, interleaved, run_measured, spread  # noqa: E402
 
 from bk_evidence import manifest, sshsig  # noqa: E402
 
@@ -69,7 +77,7 @@ def rate(action: object, seconds: float = 2.0) -> float:
     return count / (time.perf_counter() - started)
 
 
-def signing_rates(scratch: Path) -> None:
+def signing_rates(scratch: Path) -> dict[str, float]:
     key = make_key(scratch, "ed25519")
     public = public_line(key)
     message = sample_manifest().encode()
@@ -78,6 +86,7 @@ def signing_rates(scratch: Path) -> None:
     verified = rate(lambda: sshsig.verify(message, signature, [public]))
     print(f"ed25519, {len(message)}-byte manifest: {signed:,.0f} signed/s (reading the key each time)")
     print(f"ed25519, {len(message)}-byte manifest: {verified:,.0f} verified/s")
+    return {"manifest_bytes": len(message), "signed_per_s": signed, "verified_per_s": verified}
 
 
 def make_data(directory: Path, size_mb: int) -> None:
@@ -101,24 +110,17 @@ def fresh_repository(scratch: Path, name: str) -> Path:
     return repository
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    completed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-    elapsed = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise SystemExit(f"{command[0]} failed ({completed.returncode}): {completed.stderr.decode()[-500:]}")
-    return elapsed
-
-
-def bare_backup(scratch: Path, data: Path, run: int) -> float:
-    repository = fresh_repository(scratch, f"bare{run}")
+def bare_backup(scratch: Path, data: Path, label: str) -> Measured:
+    """A bare `restic backup --json` into a fresh repository (primed, like the runner's, by an empty backup)."""
+    repository = fresh_repository(scratch, label)
     command = [RESTIC, "-r", str(repository), "backup", "--json", "--host", "web1"]
-    timed([*command, str(scratch / "empty")], restic_env(scratch))  # the same priming as the runner's
-    return timed([*command, str(data)], restic_env(scratch))
+    run_measured([*command, str(scratch / "empty")], restic_env(scratch))
+    os.sync()  # the previous run's writeback must not land in this one
+    return run_measured([*command, str(data)], restic_env(scratch))
 
 
-def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str) -> float:
-    """One `bk-run backup` as host `bench-<label>` (each run has its own chain, so its own name)."""
+def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str) -> Measured:
+    """One `bk-run backup` as host `bench-<label>` into a fresh repository (each run has its own chain)."""
     repository = fresh_repository(scratch, label)
     config = scratch / "etc" / label
     (config / "jobs").mkdir(parents=True)
@@ -150,12 +152,22 @@ def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str) ->
     # Steady state, as on a host after its first run: the repository id is known (restic cat
     # config runs once per repository), the chain exists. Priming backs up an empty directory.
     (config / "jobs" / "bench.json").write_text(json.dumps(job))
-    timed(command, env)
+    run_measured(command, env)
     (config / "jobs" / "bench.json").write_text(json.dumps(dict(job, paths=[str(data)])))
-    return timed(command, env)
+    os.sync()
+    return run_measured(command, env)
 
 
-def overhead(scratch: Path, size_mb: int, repeat: int) -> None:
+VARIANTS = ("bare", "up", "refused", "dropped")
+LABELS = {
+    "bare": "bare restic backup --json",
+    "up": "bk-run, reporter up",
+    "refused": "bk-run, reporter refuses",
+    "dropped": "bk-run, reporter drops packets",
+}
+
+
+def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
     data = scratch / "data"
     make_data(data, size_mb)
     (scratch / "password").write_text(PASSWORD + "\n")
@@ -163,27 +175,86 @@ def overhead(scratch: Path, size_mb: int, repeat: int) -> None:
     (scratch / "lib").mkdir()
     (scratch / "lib" / "bk_evidence").symlink_to(REPO / "plugins" / "module_utils")
     key = make_key(scratch, "ed25519", "host_key")
-    subprocess.run(["cat", *sorted(str(path) for path in data.iterdir())], stdout=subprocess.DEVNULL, check=True)
-    bare, up, down = [], [], []
-    hosts = {f"bench-{kind}{run}": [public_line(key)] for kind in ("up", "down") for run in range(repeat)}
-    with FakeReporter(hosts) as reporter, dropping_listener() as unreachable:
-        for run in range(repeat):
-            bare.append(bare_backup(scratch, data, run))
-            up.append(runner_backup(scratch, data, key, reporter.url, f"up{run}"))
-            down.append(runner_backup(scratch, data, key, unreachable, f"down{run}"))
+    hosts = {f"bench-{kind}{run}": [public_line(key)] for kind in VARIANTS for run in range(-1, repeat)}
+    results: dict[str, list[Measured]] = {variant: [] for variant in VARIANTS}
+    with FakeReporter(hosts) as reporter, dropping_listener() as dropped, refusing_port() as refused:
+        urls = {"up": reporter.url, "refused": refused, "dropped": dropped}
+        # Warm-up, not counted: the data into the page cache, restic and python code read once.
+        bare_backup(scratch, data, "bare-warm")
+        runner_backup(scratch, data, key, reporter.url, "up-1")
+        shutil.rmtree(scratch / "repos")
+        for run, variant in interleaved(list(VARIANTS), repeat):
+            label = f"{variant}{run}"
+            if variant == "bare":
+                measured = bare_backup(scratch, data, label)
+            else:
+                measured = runner_backup(scratch, data, key, urls[variant], label)
+            results[variant].append(measured)
+            print(
+                f"  run {run + 1}/{repeat} {LABELS[variant]:32} {measured.wall:6.2f} s wall"
+                f" {measured.cpu:6.2f} s cpu {measured.tree_peak_mb:6.0f} MB  load {measured.load:.2f}",
+                flush=True,
+            )
+            shutil.rmtree(scratch / "repos" / label)  # 1 GB each: keep the disk from filling
         stored = len(reporter.manifests())
-    base = statistics.median(bare)
-    print(f"data set: {size_mb} MB in {len(list(data.iterdir()))} files, {repeat} run(s) each, medians:")
-    print(f"  bare restic backup --json      {base:7.2f} s")
-    print(f"      runs: {', '.join(f'{t:.2f}' for t in bare)}")
-    for label, times in (("reporter up", up), ("reporter unreachable", down)):
-        median = statistics.median(times)
-        runs = ", ".join(f"{t:.2f}" for t in times)
-        print(f"  bk-run backup, {label:20} {median:7.2f} s  ratio {median / base:.3f}  (+{median - base:.2f} s)")
-        print(f"      runs: {runs}")
-    unreachable_cost = statistics.median(down) - statistics.median(up)
-    print(f"  added by the unreachable reporter over the reachable one: {unreachable_cost:.2f} s")
-    print(f"  manifests stored by the loopback reporter: {stored} of {2 * repeat} (priming runs included)")
+        pending = {
+            variant: sum(
+                len(list((scratch / "spool" / f"{variant}{run}" / "outbox").glob("*"))) for run in range(repeat)
+            )
+            for variant in ("refused", "dropped")
+        }
+    summary = summarize(results)
+    summary["data"] = {"size_mb": size_mb, "files": len(list(data.iterdir())), "repeat": repeat}
+    summary["stored_by_reporter"] = stored
+    summary["pending_in_spool"] = pending
+    print_overhead(summary)
+    return summary
+
+
+def summarize(results: dict[str, list[Measured]]) -> dict[str, object]:
+    base = {name: statistics.median(getattr(m, name) for m in results["bare"]) for name in ("wall", "cpu")}
+    variants = {}
+    for variant, runs in results.items():
+        wall = [m.wall for m in runs]
+        cpu = [m.cpu for m in runs]
+        variants[variant] = {
+            "runs": [m.as_dict() for m in runs],
+            "wall_median": statistics.median(wall),
+            "wall_spread": spread(wall),
+            "wall_ratio": statistics.median(wall) / base["wall"],
+            "wall_added": statistics.median(wall) - base["wall"],
+            # paired: each run against the bare run of the same repetition (adjacent in time)
+            "paired_wall_ratio": statistics.median(m.wall / b.wall for m, b in zip(runs, results["bare"], strict=True)),
+            "cpu_median": statistics.median(cpu),
+            "cpu_ratio": statistics.median(cpu) / base["cpu"],
+            "maxrss_mb": max(m.maxrss_mb for m in runs),
+            "tree_peak_mb": max(m.tree_peak_mb for m in runs),
+            "load": [min(m.load for m in runs), max(m.load for m in runs)],
+        }
+    return {"variants": variants}
+
+
+def print_overhead(summary: dict[str, object]) -> None:
+    data = summary["data"]
+    variants = summary["variants"]
+    print(
+        f"data set: {data['size_mb']} MB in {data['files']} files, fresh repository each run, "
+        f"{data['repeat']} interleaved runs of each, medians:"
+    )
+    bare_rss = variants["bare"]["tree_peak_mb"]
+    for variant in VARIANTS:
+        v = variants[variant]
+        print(
+            f"  {LABELS[variant]:32} wall {v['wall_median']:6.2f} s  ratio {v['wall_ratio']:.3f}"
+            f" (paired {v['paired_wall_ratio']:.3f}, {v['wall_added']:+.2f} s)  spread {v['wall_spread']}"
+        )
+        print(
+            f"  {'':32} cpu  {v['cpu_median']:6.2f} s  ratio {v['cpu_ratio']:.3f};"
+            f" peak RSS tree {v['tree_peak_mb']:.0f} MB (ratio {v['tree_peak_mb'] / bare_rss:.2f}),"
+            f" largest process {v['maxrss_mb']:.0f} MB; load {v['load'][0]:.2f}..{v['load'][1]:.2f}"
+        )
+    print(f"  manifests stored by the loopback reporter: {summary['stored_by_reporter']}")
+    print(f"  manifests waiting in the spools (refused, dropped): {summary['pending_in_spool']}")
 
 
 def main() -> None:
@@ -191,13 +262,16 @@ def main() -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--size-mb", type=int, default=200, help="data set size in MB (default 200)")
     size.add_argument("--gigabytes", type=int, help="data set size in GB (the target is stated for 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each variant; medians are printed")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved runs of each variant; medians are printed")
     parser.add_argument("--scratch", help="directory for data and repositories (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     size_mb = args.gigabytes * 1024 if args.gigabytes else args.size_mb
     with tempfile.TemporaryDirectory(prefix="bk-bench-", dir=args.scratch) as scratch:
-        signing_rates(Path(scratch))
-        overhead(Path(scratch), size_mb, args.repeat)
+        rates = signing_rates(Path(scratch))
+        figures = overhead(Path(scratch), size_mb, args.repeat)
+    if args.json:
+        args.json.write_text(json.dumps({"signing": rates, "runner": figures}, indent=1))
 
 
 if __name__ == "__main__":

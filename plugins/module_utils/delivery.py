@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -43,6 +44,7 @@ class DeliveryReport:
         self.rejected = 0
         self.remaining = 0
         self.stopped: Optional[str] = None
+        self.unreachable = False  # stopped because the reporter could not be reached (timeout, refused)
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -56,9 +58,17 @@ class DeliveryReport:
 class _Retry(Exception):
     """The reporter is restarting, overloaded or refusing connections: try again shortly."""
 
+    def __init__(self, message: str, network: bool = False) -> None:
+        super().__init__(message)
+        self.network = network
+
 
 class _Stop(Exception):
     """Delivery cannot make progress in this run."""
+
+    def __init__(self, message: str, network: bool = False) -> None:
+        super().__init__(message)
+        self.network = network
 
 
 def _stderr(message: str) -> None:
@@ -84,17 +94,19 @@ def deliver(
     url = reporter_url.rstrip("/") + BATCH_PATH
     backoff = FIRST_BACKOFF_SECONDS
     max_items = BATCH_MAX_ITEMS
+    retrying_network = False  # the last retry was for a network failure (refused, reset)
     try:
         while queue:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Stop("delivery deadline of %.1f s reached" % deadline_seconds)
+                raise _Stop("delivery deadline of %.1f s reached" % deadline_seconds, retrying_network)
             batch = _take_batch(queue, max_items)
             try:
                 results = _post(opener, url, [item[1] for item in batch], min(REQUEST_TIMEOUT_SECONDS, left))
             except _Retry as exc:
+                retrying_network = exc.network
                 if time.monotonic() + backoff >= deadline:
-                    raise _Stop(str(exc)) from None
+                    raise _Stop(str(exc), exc.network) from None
                 time.sleep(backoff)
                 backoff *= 2
                 continue
@@ -106,8 +118,10 @@ def deliver(
                     continue
             del queue[: len(batch)]
             _apply(spool, batch, results, report, log)
+            retrying_network = False
     except _Stop as exc:
         report.stopped = str(exc)
+        report.unreachable = exc.network
     report.remaining = len(spool.pending())
     return report
 
@@ -132,6 +146,17 @@ def deliver_bounded(spool: Spool, reporter_url: str, **options: Any) -> Optional
     if failure:
         raise failure[0]
     return outcome[0] if outcome else None
+
+
+def reachable(reporter_url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the reporter's host and port opens within ``timeout`` seconds."""
+    parsed = urllib.parse.urlsplit(reporter_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class _BatchTooLarge(Exception):
@@ -201,11 +226,11 @@ def _request_status_error(status: int, url: str) -> Exception:
 
 def _classify_network_error(reason: Any, url: str) -> Exception:
     if isinstance(reason, (socket.timeout, TimeoutError)):
-        return _Stop("the reporter at %s did not answer in time" % url)
+        return _Stop("the reporter at %s did not answer in time" % url, network=True)
     if isinstance(reason, ssl.SSLError):
         return _Stop("TLS with the reporter at %s failed: %s" % (url, reason))
     if isinstance(reason, (ConnectionError, OSError)):
-        return _Retry("cannot reach the reporter at %s: %s" % (url, reason))
+        return _Retry("cannot reach the reporter at %s: %s" % (url, reason), network=True)
     return _Stop("cannot reach the reporter at %s: %s" % (url, reason))
 
 

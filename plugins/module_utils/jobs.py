@@ -19,6 +19,7 @@ from .process import (
     Completed,
     argv_of,
     child_environment,
+    in_background,
     python_version,
     run,
     run_filtered,
@@ -234,6 +235,7 @@ def _snapshot(settings: Settings, env: Dict[str, str], short_id: str) -> Optiona
 def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelopes]:
     """Run one backup job to every repository; one manifest per repository. The exit status."""
     started = utc_now()
+    tool_versions = in_background(tools, settings)  # `restic version` runs beside the backup
     hook_env = child_environment({"BK_JOB": job.name})
     pre_problem = run_commands(job.pre, hook_env, "pre")
     outcomes: List[Tuple[Repository, Outcome]] = []
@@ -247,7 +249,7 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
         outcomes.append((repository, outcome))
     status = exit_code(outcome.status for _repository, outcome in outcomes)
     _run_post(job, hook_env, outcomes, status)
-    common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tools(settings)}
+    common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tool_versions()}
     envelopes = [
         record_for_repository(
             recorder,

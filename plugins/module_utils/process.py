@@ -8,7 +8,8 @@ import os
 import platform
 import subprocess
 import tempfile
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+import threading
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .restic_output import tool_version
 
@@ -92,3 +93,17 @@ def version_of(binary: str) -> Optional[str]:
 
 def python_version() -> str:
     return platform.python_version()
+
+
+def in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Start ``function(*args)`` in a daemon thread; the returned callable waits for its result
+    (and calls the function itself if the thread failed)."""
+    results: List[Any] = []
+    thread = threading.Thread(target=lambda: results.append(function(*args)), daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        return results[0] if results else function(*args)
+
+    return result

@@ -120,6 +120,17 @@ def test_unreachable_reporter_changes_nothing_but_the_spool(host: Host, endpoint
     assert host.outbox() == []
 
 
+def test_a_reporter_away_at_the_start_is_not_tried_again_after_the_work(host: Host) -> None:
+    """With manifests waiting, bk-run tries the reporter while restic runs; out of reach, it skips the later attempt."""
+    with dropping_listener() as url:
+        host.settings(reporter_url=url)
+        assert host.run("backup", "home").returncode == 0
+        result = host.run("backup", "home")
+    assert result.returncode == 0, result.stderr
+    assert "could not be reached at the start of this run; 2 manifests waiting" in result.stderr
+    assert [doc["seq"] for doc in host.outbox()] == [1, 2]
+
+
 def test_failure_is_the_exit_status_and_is_recorded(host: Host, reporter: FakeReporter) -> None:
     host.password_file.write_text("not-the-password-123\n")
     result = host.run("backup", "home")

@@ -19,7 +19,7 @@ from bk_evidence_testing import (
 
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import Chain
-from bk_evidence.delivery import deliver
+from bk_evidence.delivery import deliver, reachable
 from bk_evidence.spool import Spool
 
 
@@ -131,3 +131,31 @@ def test_an_absent_reporter_costs_at_most_the_deadline(setup: tuple[Chain, Path]
         elapsed = time.monotonic() - started
     assert report.remaining == 2 and report.delivered == 0 and report.stopped
     assert elapsed < 2.0
+
+
+@pytest.mark.parametrize("endpoint", [refusing_port, silent_listener, dropping_listener, hanging_up_listener])
+def test_a_report_says_the_reporter_was_out_of_reach(setup: tuple[Chain, Path], endpoint: object) -> None:
+    """Timeouts, refused and reset connections mark the report unreachable (bk-run then skips its later attempt)."""
+    chain, key = setup
+    append(chain, key)
+    with endpoint() as url:  # type: ignore[operator]
+        report = deliver(chain.spool, url, deadline_seconds=1.0)
+    assert report.unreachable and report.remaining == 1
+
+
+def test_a_reporter_that_answers_is_not_out_of_reach(setup: tuple[Chain, Path]) -> None:
+    chain, key = setup
+    append(chain, key)
+    with FakeReporter({"web1": [public_line(key)]}) as reporter:
+        reporter.force_status = 503
+        report = deliver(chain.spool, reporter.url, deadline_seconds=1.0)
+    assert report.stopped and not report.unreachable
+
+
+def test_reachable_is_a_bounded_tcp_probe() -> None:
+    with refusing_port() as url:
+        assert not reachable(url, 1.0)
+    with dropping_listener() as url:
+        assert not reachable(url, 0.5)
+    with silent_listener() as url:
+        assert reachable(url, 1.0)
