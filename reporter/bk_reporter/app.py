@@ -6,8 +6,9 @@ The read-only web pages (bk_reporter.web) are installed on the same application.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from starlette.routing import Route
 
 from . import fleet, metrics, openapi, store
 from .group_commit import GroupWriter
-from .ingest import KeyRing, Limits, Outcome, parse_json_body
+from .ingest import EnrolledKey, KeyRing, Limits, Outcome, parse_json_body
 from .receive import receive_with
 from .settings import Settings
 from .verifying import Verifier
@@ -36,6 +37,8 @@ log = logging.getLogger("bk_reporter.app")
 ENVELOPE_OVERHEAD_FACTOR = 2
 ENVELOPE_SIGNATURE_ALLOWANCE = 64 * 1024
 RETRY_AFTER_SECONDS = "30"
+KEY_CACHE_SECONDS = 60.0
+KEY_CACHE_LIMIT = 100_000
 
 
 class _TooLarge(Exception):
@@ -68,6 +71,43 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class KeyCache:
+    """Enrolled keys by fingerprint, read from the database at most every KEY_CACHE_SECONDS.
+
+    A request's keys would otherwise cost a query each. What a cached entry can get wrong is
+    bounded: a fingerprint names its key material exactly (no stale key can verify anything);
+    a host enrolled for the key since is looked up again before "not for this host" is
+    answered (receive.py); a key retired since is refused by store's INSERT, which checks the
+    enrolment in the same statement. Unknown fingerprints are never cached.
+    """
+
+    def __init__(self, read: Callable[[Iterable[str]], Awaitable[KeyRing]]) -> None:
+        self._read = read
+        self._entries: dict[str, tuple[float, EnrolledKey]] = {}
+
+    async def lookup(self, fingerprints: Iterable[str]) -> KeyRing:
+        now = time.monotonic()
+        ring: dict[str, EnrolledKey] = {}
+        missing = set()
+        for fingerprint in fingerprints:
+            entry = self._entries.get(fingerprint)
+            if entry is not None and now - entry[0] < KEY_CACHE_SECONDS:
+                ring[fingerprint] = entry[1]
+            else:
+                missing.add(fingerprint)
+        if missing:
+            found = await self._read(missing)
+            if len(self._entries) > KEY_CACHE_LIMIT:
+                self._entries.clear()
+            for fingerprint in missing:
+                if fingerprint in found:
+                    self._entries[fingerprint] = (now, found[fingerprint])
+                else:
+                    self._entries.pop(fingerprint, None)
+            ring.update(found)
+        return ring
+
+
 class Reporter:
     """The application's state: settings, the connection pool and the ingest counters."""
 
@@ -87,6 +127,7 @@ class Reporter:
         self.counters = metrics.IngestCounters()
         self.verifier = Verifier(settings.verify_processes)
         self.writer = GroupWriter(self.pool)
+        self.keys = KeyCache(self._active_keys)
 
     @property
     def single_body_limit(self) -> int:
@@ -128,7 +169,9 @@ class Reporter:
         return JSONResponse([outcome.as_json() for outcome in outcomes])
 
     async def _receive(self, items: list[Any]) -> list[Outcome]:
-        return await receive_with(self._active_keys, self.writer.store, items, self.limits, self.verifier)
+        return await receive_with(
+            self.keys.lookup, self.writer.store, items, self.limits, self.verifier, fresh_keys=self._active_keys
+        )
 
     async def _active_keys(self, fingerprints: Iterable[str]) -> KeyRing:
         async with self.pool.connection() as conn:

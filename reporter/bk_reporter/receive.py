@@ -29,15 +29,47 @@ def _signed(items: Sequence[Any], limits: Limits, outcomes: list[Outcome | None]
     return signed
 
 
+async def _verified(
+    signed: list[tuple[int, SignedBy]],
+    lookup_keys: KeyLookup,
+    fresh_keys: KeyLookup | None,
+    limits: Limits,
+    verifier: Verifier,
+) -> list[VerifiedManifest | Outcome]:
+    keys = await lookup_keys(item.fingerprint for _index, item in signed)
+    results = await verifier.verify([item for _index, item in signed], keys, limits)
+    if fresh_keys is None:
+        return results
+    # Keys from a cache may lack a host enrolled since: "not for this host" is only answered
+    # after a look at the database. (A key retired since is refused by store's INSERT.)
+    doubtful = [
+        i for i, result in enumerate(results) if isinstance(result, Outcome) and result.code == "key_not_for_host"
+    ]
+    if doubtful:
+        keys = await fresh_keys(signed[i][1].fingerprint for i in doubtful)
+        again = await IN_PROCESS.verify([signed[i][1] for i in doubtful], keys, limits)
+        for i, result in zip(doubtful, again, strict=True):
+            results[i] = result
+    return results
+
+
 async def receive_with(
-    lookup_keys: KeyLookup, write: Writer, items: Sequence[Any], limits: Limits, verifier: Verifier
+    lookup_keys: KeyLookup,
+    write: Writer,
+    items: Sequence[Any],
+    limits: Limits,
+    verifier: Verifier,
+    *,
+    fresh_keys: KeyLookup | None = None,
 ) -> list[Outcome]:
-    """One Outcome per item, in order. Whatever `write` stored is committed when this returns."""
+    """One Outcome per item, in order. Whatever `write` stored is committed when this returns.
+
+    `lookup_keys` may answer from a cache; then `fresh_keys` reads the database itself.
+    """
     outcomes: list[Outcome | None] = [None] * len(items)
     signed = _signed(items, limits, outcomes)
     if signed:
-        keys = await lookup_keys(item.fingerprint for _index, item in signed)
-        results = await verifier.verify([item for _index, item in signed], keys, limits)
+        results = await _verified(signed, lookup_keys, fresh_keys, limits, verifier)
         verified = []
         for (index, _item), result in zip(signed, results, strict=True):
             if isinstance(result, Outcome):

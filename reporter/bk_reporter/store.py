@@ -3,9 +3,14 @@
 All manifests of a request go into events with one INSERT ... SELECT FROM json_to_recordset(...)
 statement, in (host, seq) order, ON CONFLICT DO NOTHING, on an autocommit connection: the
 statement is its own transaction, and the statement trigger of migrations/0002 updates the
-derived state inside it. When it returns, what it inserted is committed. Whatever was not
-inserted is then classified against what is stored, which is committed and never changes:
-the same bytes (200) or a conflict (409).
+derived state inside it. When it returns, what it inserted is committed.
+
+The same statement inserts only rows whose signing key is, at that moment, enrolled and not
+retired for the manifest's host: the verifier may have used a key from a cache (app.KeyCache),
+and a key retired since then must not let anything new in. Whatever was not inserted is then
+classified: a key no longer enrolled for the host (401, as the verifier would have answered),
+else against what is stored, which is committed and never changes: the same bytes (200) or a
+conflict (409).
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ _RECORD = ", ".join(f"{name} {type_}" for name, type_ in EVENT_COLUMNS)
 INSERT_EVENTS = f"""
 INSERT INTO events ({_NAMES})
 SELECT {_NAMES} FROM json_to_recordset(%(rows)s::json) AS incoming({_RECORD})
+ WHERE EXISTS (SELECT FROM host_keys k
+                WHERE k.host = incoming.host AND k.fingerprint = incoming.key_fingerprint AND k.retired_at IS NULL)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -135,7 +142,22 @@ async def _rivals(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedMan
     return [StoredRival(*row) for row in await cursor.fetchall()]
 
 
-def _classify(manifest: VerifiedManifest, rivals: Sequence[StoredRival]) -> Outcome:
+def _classify(manifest: VerifiedManifest, rivals: Sequence[StoredRival], keys: dict[str, EnrolledKey]) -> Outcome:
+    enrolled = keys.get(manifest.key_fingerprint)
+    if enrolled is None:
+        return Outcome(
+            401,
+            "unknown_key",
+            f"the key {manifest.key_fingerprint} is not enrolled (or has been retired)",
+            manifest.manifest_id,
+        )
+    if manifest.host not in enrolled.hosts:
+        return Outcome(
+            401,
+            "key_not_for_host",
+            f"the key {manifest.key_fingerprint} is not enrolled for host {manifest.host!r}",
+            manifest.manifest_id,
+        )
     same_id = next((r for r in rivals if r.id == manifest.id), None)
     if same_id is not None and same_id.manifest == manifest.manifest:
         return Outcome(200, "duplicate", "this manifest is already stored (identical bytes)", manifest.manifest_id)
@@ -159,8 +181,10 @@ async def _store_once(conn: psycopg.AsyncConnection, manifests: Sequence[Verifie
     inserted = await _insert(conn, sorted(manifests, key=lambda m: (m.host, m.seq)))
     left_over = [m for m in manifests if m.id not in inserted]
     rivals = await _rivals(conn, left_over)
+    keys = await active_keys(conn, (m.key_fingerprint for m in left_over)) if left_over else {}
     return [
-        Outcome(201, "stored", "stored", m.manifest_id) if m.id in inserted else _classify(m, rivals) for m in manifests
+        Outcome(201, "stored", "stored", m.manifest_id) if m.id in inserted else _classify(m, rivals, keys)
+        for m in manifests
     ]
 
 

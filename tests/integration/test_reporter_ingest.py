@@ -314,6 +314,31 @@ def test_a_retired_key_no_longer_verifies(client: httpx.Client, reporter: LiveRe
     assert row_counts(reporter.database.owner_url) == before
 
 
+def test_a_key_retired_while_cached_stops_new_manifests_but_not_idempotent_answers(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    """The reporter caches enrolled keys; a retirement still holds from the next INSERT on."""
+    first = web1.envelope()
+    assert_answer(post(client, first), 201, "stored")  # the key is now in the cache
+    with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
+        conn.execute("UPDATE host_keys SET retired_at = now() WHERE host = 'web1'")
+    before = row_counts(reporter.database.owner_url)
+    batch = client.post("/api/v1/manifests/batch", json=[web1.envelope(), first])
+    assert [(item["status"], item["code"]) for item in batch.json()] == [(401, "unknown_key"), (401, "unknown_key")]
+    assert_answer(post(client, first), 401, "unknown_key")
+    assert row_counts(reporter.database.owner_url) == before
+
+
+def test_a_key_enrolled_for_another_host_while_cached_is_accepted_for_it(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    assert_answer(post(client, web1.envelope()), 201, "stored")  # the key is now in the cache
+    db1 = Host("db1", web1.key)
+    assert_answer(post(client, db1.envelope()), 401, "key_not_for_host")
+    enroll(reporter.database.owner_url, db1)
+    assert_answer(post(client, db1.envelope()), 201, "stored")
+
+
 def test_an_oversized_body_is_refused_from_its_declared_length(client: httpx.Client, reporter: LiveReporter) -> None:
     before = row_counts(reporter.database.owner_url)
     huge = b'{"manifest": "' + b"x" * (600 * 1024) + b'", "signature": "x"}'
