@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps test lint sanity unit molecule demo demo-down build clean
+.PHONY: help deps test lint sanity unit molecule demo demo-down build bench clean
 
 help:
 	@echo "make demo       deploy and back up a lab fleet, then show it in the reporter"
@@ -12,6 +12,7 @@ help:
 	@echo "make sanity     ansible-test sanity only"
 	@echo "make unit       pytest only"
 	@echo "make build      build the collection tarball"
+	@echo "make bench      run every benchmark once, write docs/benchmarks.md (long; BENCH_ARGS=--help)"
 
 deps:
 	@scripts/bootstrap.sh
@@ -39,6 +40,9 @@ demo-down:
 
 build: deps
 	@.venv/bin/ansible-galaxy collection build --force --output-path .cache/dist .
+
+bench: deps
+	@source scripts/env.sh && BK_BENCH_VIA_MAKE=1 .venv/bin/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .cache/dist tests/output .pytest_cache .ruff_cache

@@ -19,6 +19,9 @@ description:
   - At the end of the run it posts everything to the reporter's batch endpoint in one request,
     bounded by O(timeout). When the reporter cannot be reached the manifests wait in O(spool_dir) and
     go with the next run. It never fails, and never holds up, a playbook; problems become warnings.
+  - When the playbook starts it already delivers what O(spool_dir) holds (or opens a TCP connection to
+    the reporter's port), bounded by O(timeout); if that finds the reporter out of reach less than a
+    minute before the end, the delivery at the end is skipped.
 author:
   - bk developers (@bkfleet)
 requirements:
@@ -146,6 +149,7 @@ class CallbackModule(CallbackBase):
         self._started = time.monotonic()
         self._playbook = None
         self._envelopes = {}
+        self._early = None
 
     def _guarded(self, action: object, *args: object) -> None:
         try:
@@ -170,6 +174,9 @@ class CallbackModule(CallbackBase):
             self._playbook = playbook_name(playbook._file_name)
             self._started_at = utc_now()
             self._started = time.monotonic()
+            if self.get_option("url"):
+                # Try the reporter while the playbook runs; out of reach, the end does not wait for it.
+                self._early = Recorder(self._settings()).start_early_delivery(float(self.get_option("timeout")))
 
     def _collect(self, result: object) -> None:
         for envelope in envelopes_in(result._result):
@@ -184,6 +191,12 @@ class CallbackModule(CallbackBase):
         else:
             self._display.warning("bkfleet.backup.reporter: no controller key configured; this run is not recorded")
         if not self.get_option("url"):
+            return
+        if self._early is not None and self._early.reporter_away():
+            self._display.warning(
+                "bkfleet.backup.reporter: the reporter could not be reached when the playbook started;"
+                " %d manifests wait in %s" % (len(recorder.spool.pending()), recorder.spool.outbox)
+            )
             return
         report = recorder.deliver(float(self.get_option("timeout")))
         if report is None or report.remaining:

@@ -6,16 +6,54 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from typing import Any, Dict, Optional
 
 from .chain import Chain
 from .config import Settings
-from .delivery import DeliveryReport, deliver_bounded
+from .delivery import DeliveryReport, deliver_bounded, reachable
 from .runlog import RunLog
 from .spool import Spool
 from .sshsig import preferred_host_key, sign
 
 BK_VERSION = "0.1.0"
+EARLY_ANSWER_FRESH_SECONDS = 60.0
+
+
+class EarlyDelivery:
+    """While the work runs: deliver what the spool already holds, or, with an empty spool, see whether
+    the reporter's port opens at all; both bounded by the delivery deadline.
+
+    When the reporter could not be reached, the delivery after the work is skipped if that answer is
+    recent (the work was short): a reporter that drops packets then costs the run nothing after the
+    work, instead of a full deadline. Nothing is lost; the new manifests wait in the spool."""
+
+    def __init__(self, recorder: "Recorder", deadline_seconds: float) -> None:
+        self.started = time.monotonic()
+        self.deadline_seconds = deadline_seconds
+        self.unreachable = False
+        self.answered_at: Optional[float] = None
+        self.thread = threading.Thread(target=self._run, args=(recorder,), name="bk-early-delivery", daemon=True)
+        self.thread.start()
+
+    def _run(self, recorder: "Recorder") -> None:
+        try:
+            if recorder.spool.pending():
+                report = recorder.deliver(self.deadline_seconds)
+                self.unreachable = report is None or report.unreachable
+            else:
+                self.unreachable = not reachable(str(recorder.settings.reporter_url), self.deadline_seconds)
+        except Exception:  # the delivery after the work tries again and reports
+            self.unreachable = False
+        self.answered_at = time.monotonic()
+
+    def reporter_away(self) -> bool:
+        """Wait for the early attempt (within its deadline); whether to skip the delivery after the work."""
+        self.thread.join(max(0.0, self.started + self.deadline_seconds + 1.0 - time.monotonic()))
+        if self.answered_at is None:  # still trying (a name that does not resolve): unreachable
+            return True
+        return self.unreachable and time.monotonic() - self.answered_at < EARLY_ANSWER_FRESH_SECONDS
 
 
 class Recorder:
@@ -78,3 +116,7 @@ class Recorder:
         except Exception as exc:  # delivery must never change what the work's outcome was
             sys.stderr.write("bk: delivery failed, manifests stay in the spool: %s\n" % exc)
             return None
+
+    def start_early_delivery(self, deadline_seconds: float) -> EarlyDelivery:
+        """Try the reporter now, in a thread, while the work runs (see EarlyDelivery)."""
+        return EarlyDelivery(self, deadline_seconds)

@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 from typing import Any, Callable, Dict, List, Optional
 
 from .config import ConfigError, Hub, Job, Maintenance, Offsite, Settings
-from .delivery import reachable
 from .files import LockTimeout
 from .hub import maintain, offsite_copy, receipts
 from .jobs import backup, check
@@ -22,42 +19,6 @@ from .recorder import BK_VERSION, Recorder
 
 DEFAULT_CONFIG_DIR = "/etc/bk"
 USAGE_ERROR = 2
-EARLY_ANSWER_FRESH_SECONDS = 60.0
-
-
-class EarlyDelivery:
-    """While the work runs: deliver what the spool already holds, or, with an empty spool, see whether
-    the reporter's port opens at all; both bounded by the delivery deadline.
-
-    When the reporter could not be reached, the delivery after the work is skipped if that answer is
-    recent (the work was short): a reporter that drops packets then costs the run nothing after the
-    work, instead of a full deadline. Nothing is lost; the new manifests wait in the spool."""
-
-    def __init__(self, recorder: Recorder, deadline_seconds: float) -> None:
-        self.started = time.monotonic()
-        self.deadline_seconds = deadline_seconds
-        self.unreachable = False
-        self.answered_at: Optional[float] = None
-        self.thread = threading.Thread(target=self._run, args=(recorder,), name="bk-early-delivery", daemon=True)
-        self.thread.start()
-
-    def _run(self, recorder: Recorder) -> None:
-        try:
-            if recorder.spool.pending():
-                report = recorder.deliver(self.deadline_seconds)
-                self.unreachable = report is None or report.unreachable
-            else:
-                self.unreachable = not reachable(str(recorder.settings.reporter_url), self.deadline_seconds)
-        except Exception:  # the delivery after the work tries again and reports
-            self.unreachable = False
-        self.answered_at = time.monotonic()
-
-    def reporter_away(self) -> bool:
-        """Wait for the early attempt (within its deadline); whether to skip the delivery after the work."""
-        self.thread.join(max(0.0, self.started + self.deadline_seconds + 1.0 - time.monotonic()))
-        if self.answered_at is None:  # still trying (a name that does not resolve): unreachable
-            return True
-        return self.unreachable and time.monotonic() - self.answered_at < EARLY_ANSWER_FRESH_SECONDS
 
 
 def _print_json(value: Any) -> None:
@@ -198,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = Settings(args.config)
         recorder = Recorder(settings)
         if args.deliver and settings.reporter_url:
-            early = EarlyDelivery(recorder, settings.delivery_deadline_seconds)
+            early = recorder.start_early_delivery(settings.delivery_deadline_seconds)
         status = args.handler(settings, recorder, args)
     except (ConfigError, LockTimeout) as exc:
         sys.stderr.write("bk: %s\n" % exc)

@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Run every bk benchmark once and write docs/benchmarks.md with the figures of that run.
+
+    .venv/bin/python bench/run_all.py            # or: make bench
+
+Stages, one after the other (each figure is a ratio against a baseline measured in the same stage):
+1. bench/evidence.py  ed25519 sign/verify rates; bk-run backup vs bare restic backup of 1 GB
+                      (wall, CPU, peak RSS; reporter up, refusing, dropping packets)
+2. bench/callback.py  500-task playbook over 4 hosts, callback off vs on (up, refusing, dropping)
+3. bench/ingest.py    single and batch ingest rates vs the raw insert rate (its own printed output)
+4. bench/ui.py        overview and host page at 100,000 vs 10,000,000 events (its own printed output);
+                      the databases are cached in --ui-dir (loaded once, reused while present)
+5. converge           first and second site.yml run: only with --with-lab (starts the lab with
+                      scripts/lab.sh up and runs site.yml twice) or from a log given with
+                      --converge-log (a molecule or ansible-playbook log with the two PLAY RECAPs);
+                      otherwise the document says it was not measured.
+
+The machine (CPU, cores, RAM, disk, kernel, tool versions) and the load average at the start and
+end of every stage are recorded beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RECAP_HOST = re.compile(r"^\W*(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+
+
+def sh(command: list[str]) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def machine() -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    meminfo = Path("/proc/meminfo").read_text()
+    total = re.search(r"MemTotal:\s*(\d+)", meminfo)
+    disk = shutil.disk_usage(REPO)
+    device = sh(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--target", str(REPO)])
+    rota = sh(["lsblk", "-d", "-n", "-o", "NAME,ROTA,SIZE,MODEL"]).replace("\n", "; ")
+    servers = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    postgres = sh([str(servers[-1]), "--version"]) if servers else "not found"
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": str(os.cpu_count()),
+        "ram": f"{int(total.group(1)) / 1024 / 1024:.1f} GiB" if total else "?",
+        "disk": f"{device} ({disk.total / 2**30:.0f} GiB, {disk.free / 2**30:.0f} GiB free); block devices: {rota}",
+        "kernel": platform.release(),
+        "os": sh(["bash", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "restic": sh(["restic", "version"]),
+        "postgresql": postgres,
+        "python (bench, reporter)": platform.python_version(),
+        "python (bk-run, system)": sh(["/usr/bin/python3", "--version"]),
+        "ansible-core": sh(
+            [str(REPO / ".venv" / "bin" / "python"), "-c", "import ansible; print(ansible.__version__)"]
+        ),
+        "commit": sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+        + (" + uncommitted changes" if sh(["git", "-C", str(REPO), "status", "--porcelain", "-uno"]) else ""),
+    }
+
+
+class Stage:
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name = name
+        self.command = command
+        self.output = ""
+        self.seconds = 0.0
+        self.load_start = ""
+        self.load_end = ""
+        self.status = 0
+
+    def run(self) -> None:
+        print(f"\n=== {self.name}: {shlex.join(self.command)}  (load {load()})", flush=True)
+        self.load_start = load()
+        started = time.monotonic()
+        process = subprocess.Popen(
+            self.command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+        self.status = process.wait()
+        self.seconds = time.monotonic() - started
+        self.load_end = load()
+        self.output = "".join(lines)
+        print(
+            f"=== {self.name}: exit {self.status} after {self.seconds / 60:.1f} min (load {self.load_end})", flush=True
+        )
+
+    def clean_output(self) -> str:
+        """Printed output without progress lines (carriage returns)."""
+        kept = [line.split("\r")[-1] for line in ANSI.sub("", self.output).splitlines()]
+        return "\n".join(line for line in kept if line.strip())
+
+
+def wait_for_cluster(directory: Path, limit_seconds: float) -> None:
+    """Wait while another bench/ui.py holds the cached cluster (e.g. still loading the 10M database)."""
+    pid_file = directory / "pg" / "postmaster.pid"
+    waited = 0.0
+    while pid_file.exists() and waited < limit_seconds:
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), 0)
+        except (ValueError, OSError):
+            return
+        if waited == 0:
+            print(f"waiting for the cluster in {directory} (another bench/ui.py is using it)", flush=True)
+        time.sleep(10)
+        waited += 10
+
+
+# --- converge ------------------------------------------------------------------------------
+
+
+def recaps(text: str) -> list[dict[str, dict[str, int]]]:
+    """Every PLAY RECAP of a log: {host: {ok, changed, unreachable, failed}}."""
+    found: list[dict[str, dict[str, int]]] = []
+    current: dict[str, dict[str, int]] | None = None
+    for raw in ANSI.sub("", text).splitlines():
+        if "PLAY RECAP" in raw:
+            current = {}
+            found.append(current)
+            continue
+        match = RECAP_HOST.match(raw.replace("│", " "))
+        if current is not None and match:
+            host, ok, changed, unreachable, failed = match.groups()
+            current[host] = {
+                "ok": int(ok),
+                "changed": int(changed),
+                "unreachable": int(unreachable),
+                "failed": int(failed),
+            }
+        elif current is not None and re.search(r"\b(PLAY|TASK|INFO|WARNING)\b", raw):
+            current = None
+    return [recap for recap in found if recap]
+
+
+def converge_from_log(path: Path) -> dict[str, object]:
+    """The converge and idempotence recaps of a molecule log (or the last two recaps of any log)."""
+    text = path.read_text(errors="replace")
+    clean = ANSI.sub("", text)
+    sections = {}
+    for step in ("converge", "idempotence"):
+        match = re.search(rf"➜ {step}: Executing(.*?)➜ {step}: Executed", clean, re.S)
+        if match:
+            found = recaps(match.group(1))
+            sections[step] = found[-1] if found else None
+    if not sections:
+        found = recaps(text)
+        sections = {"converge": found[-2] if len(found) > 1 else None, "idempotence": found[-1] if found else None}
+    took = re.findall(r"Playbook run took (.+)", clean)
+    modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+    return {
+        "source": str(path),
+        "date": modified.strftime("%Y-%m-%d %H:%M UTC"),
+        "first": sections.get("converge"),
+        "second": sections.get("idempotence"),
+        "durations": took,
+    }
+
+
+def converge_with_lab() -> dict[str, object]:
+    """scripts/lab.sh up, then site.yml twice against the lab, each timed."""
+    subprocess.run(["scripts/lab.sh", "up"], cwd=REPO, check=True)
+    inventory = ["-i", "tests/lab/inventory.yml"]
+    if (REPO / ".cache" / "lab" / "ssh-inventory.yml").exists():
+        inventory += ["-i", ".cache/lab/ssh-inventory.yml"]
+    runs = []
+    for _index in range(2):
+        started = time.monotonic()
+        load_start = load()
+        completed = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "ansible-playbook"), *inventory, "playbooks/site.yml"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        found = recaps(completed.stdout)
+        runs.append(
+            {
+                "seconds": time.monotonic() - started,
+                "exit": completed.returncode,
+                "recap": found[-1] if found else None,
+                "load": [load_start, load()],
+            }
+        )
+    return {
+        "source": "this run (--with-lab)",
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": runs,
+    }
+
+
+# --- the document --------------------------------------------------------------------------
+
+
+def changed_total(recap: dict[str, dict[str, int]] | None) -> str:
+    if not recap:
+        return "?"
+    per_host = ", ".join(f"{host} {counts['changed']}" for host, counts in sorted(recap.items()))
+    return f"{sum(c['changed'] for c in recap.values())} ({per_host})"
+
+
+def runner_section(figures: dict) -> list[str]:
+    runner = figures["runner"]
+    signing = figures["signing"]
+    variants = runner["variants"]
+    data = runner["data"]
+    bare = variants["bare"]
+    lines = [
+        f"Signing (ed25519, a {signing['manifest_bytes']}-byte backup manifest, bk_evidence.sshsig): "
+        f"**{signing['signed_per_s']:,.0f} signed/s** (the key read from disk each time), "
+        f"**{signing['verified_per_s']:,.0f} verified/s**.",
+        "",
+        f"Backup of {data['size_mb']} MB ({data['files']} files of random data) into a fresh local repository per "
+        f"run, {data['repeat']} runs of each variant interleaved in rotated order (bare, up, refused, dropped; "
+        "then up, refused, dropped, bare; ...). Medians; ratio = median / median of the bare runs; "
+        "paired = median of each run over the bare run of the same round.",
+        "",
+        "| variant | wall s (median) | spread | ratio | paired | added s | CPU s | CPU ratio "
+        "| peak RSS of tree MB | RSS ratio | largest process MB | load (min..max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "bare": "bare `restic backup --json`",
+        "up": "`bk-run backup`, reporter up",
+        "refused": "`bk-run backup`, reporter refuses",
+        "dropped": "`bk-run backup`, reporter drops packets",
+    }
+    for name in ("bare", "up", "refused", "dropped"):
+        v = variants[name]
+        lines.append(
+            f"| {labels[name]} | {v['wall_median']:.2f} | {v['wall_spread']} | {v['wall_ratio']:.3f} "
+            f"| {v['paired_wall_ratio']:.3f} | {v['wall_added']:+.2f} | {v['cpu_median']:.2f} | {v['cpu_ratio']:.3f} "
+            f"| {v['tree_peak_mb']:.0f} | {v['tree_peak_mb'] / bare['tree_peak_mb']:.2f} | {v['maxrss_mb']:.0f} "
+            f"| {v['load'][0]:.2f}..{v['load'][1]:.2f} |"
+        )
+    lines += [
+        "",
+        f"Manifests stored by the loopback reporter: {runner['stored_by_reporter']}; waiting in the spools "
+        f"of the unreachable variants: {runner['pending_in_spool']}.",
+        "",
+        "Every run (wall s / CPU s / tree peak MB / load at start):",
+        "",
+    ]
+    for name in ("bare", "up", "refused", "dropped"):
+        runs = "; ".join(
+            f"{r['wall']:.2f}/{r['cpu']:.2f}/{r['tree_peak_mb']:.0f}/{r['load']:.2f}" for r in variants[name]["runs"]
+        )
+        lines.append(f"- {labels[name]}: {runs}")
+    return lines
+
+
+def callback_section(figures: dict) -> list[str]:
+    variants = figures["variants"]
+    labels = {
+        "off": "callback disabled",
+        "up": "enabled, reporter up",
+        "refused": "enabled, reporter refuses",
+        "dropped": "enabled, reporter drops packets",
+    }
+    lines = [
+        f"{figures['tasks']} tasks (`ansible.builtin.debug`) x {figures['hosts']} hosts (`ansible_connection=local`, "
+        f"distinct inventory names), {figures['repeat']} runs of each variant interleaved in rotated order, "
+        "callback timeout at its default (3 s). Ratio = median / median with the callback disabled.",
+        "",
+        "| variant | wall s (median) | spread | ratio | paired | CPU s | CPU ratio | load (min..max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("off", "up", "refused", "dropped"):
+        if name not in variants:
+            continue
+        v = variants[name]
+        lines.append(
+            f"| {labels[name]} | {v['wall_median']:.2f} | {v['wall_spread']} | {v['wall_ratio']:.3f} "
+            f"| {v['paired_wall_ratio']:.3f} | {v['cpu_median']:.2f} | {v['cpu_ratio']:.3f} "
+            f"| {v['load'][0]:.2f}..{v['load'][1]:.2f} |"
+        )
+    lines += [
+        "",
+        f"`ansible-run` manifests stored by the loopback reporter: {figures['recorded_by_reporter']}; "
+        f"waiting in the spools of the unreachable variants: {figures['waiting_in_spool']}.",
+        "",
+        "Every run (wall s / load at start): "
+        + "; ".join(
+            f"{labels[name]}: " + ", ".join(f"{r['wall']:.2f}/{r['load']:.2f}" for r in variants[name]["runs"])
+            for name in variants
+        ),
+    ]
+    return lines
+
+
+def targets(figures: dict[str, dict]) -> list[str]:
+    """The issues' targets against this run's figures."""
+    rows = []
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    if "evidence" in figures:
+        v = figures["evidence"]["runner"]["variants"]
+        up, refused, dropped = v["up"], v["refused"], v["dropped"]
+        over_up = dropped["wall_median"] - up["wall_median"]
+        rows += [
+            f"| bk-run over bare restic, reporter up (issue 3) | wall ratio <= 1.05 | {up['wall_ratio']:.3f} "
+            f"(paired {up['paired_wall_ratio']:.3f}; CPU {up['cpu_ratio']:.3f}) | {mark(up['wall_ratio'] <= 1.05)} |",
+            f"| bk-run over bare restic, reporter refuses | wall ratio <= 1.05 | {refused['wall_ratio']:.3f} "
+            f"(paired {refused['paired_wall_ratio']:.3f}) | {mark(refused['wall_ratio'] <= 1.05)} |",
+            f"| time added when the reporter drops packets (issue 3), over bare restic | <= 2 s "
+            f"| {dropped['wall_added']:+.2f} s | {mark(dropped['wall_added'] <= 2)} |",
+            f"| time added when the reporter drops packets, over bk-run with the reporter up | <= 2 s "
+            f"| {over_up:+.2f} s | {mark(over_up <= 2)} |",
+        ]
+    if "callback" in figures:
+        for name, label in (
+            ("up", "reporter up"),
+            ("refused", "reporter refuses"),
+            ("dropped", "reporter drops packets"),
+        ):
+            v = figures["callback"]["variants"].get(name)
+            if v:
+                rows.append(
+                    f"| callback enabled, {label} (issue 8) | <= 3 % slower | {100 * (v['wall_ratio'] - 1):+.1f} % "
+                    f"(paired {100 * (v['paired_wall_ratio'] - 1):+.1f} %) | {mark(v['wall_ratio'] <= 1.03)} |"
+                )
+    if not rows:
+        return []
+    return ["| target | goal | this run (medians) | |", "|---|---|---|---|", *rows]
+
+
+def converge_section(converge: dict | None, reason: str) -> list[str]:
+    if converge is None:
+        return [f"**Not measured in this run.** {reason}"]
+    if "runs" in converge:
+        first, second = converge["runs"]
+        return [
+            f"Source: {converge['source']}, {converge['date']}.",
+            "",
+            "| run | wall s | exit | changed (total, per host) | load start / end |",
+            "|---|---|---|---|---|",
+            f"| first `site.yml` | {first['seconds']:.1f} | {first['exit']} | {changed_total(first['recap'])} "
+            f"| {first['load'][0]} / {first['load'][1]} |",
+            f"| second `site.yml` | {second['seconds']:.1f} | {second['exit']} | {changed_total(second['recap'])} "
+            f"| {second['load'][0]} / {second['load'][1]} |",
+            "",
+            f"Ratio second / first: {second['seconds'] / first['seconds']:.2f}.",
+        ]
+    durations = converge["durations"]
+    return [
+        f"Source: the log `{converge['source']}` (last written {converge['date']}), not this run: "
+        "`molecule test` of molecule/default, whose converge step is `playbooks/site.yml` on a fresh "
+        "lab fleet and whose idempotence step runs it a second time.",
+        "",
+        f"- first run (converge): changed {changed_total(converge['first'])}",
+        f"- second run (idempotence): changed {changed_total(converge['second'])}",
+        "- wall time: "
+        + (
+            ", ".join(durations) if durations else "**not recorded in that log** (no timing callback), so no time ratio"
+        ),
+    ]
+
+
+def write_document(
+    path: Path,
+    *,
+    command: str,
+    info: dict[str, str],
+    stages: dict[str, Stage],
+    figures: dict[str, dict],
+    converge: dict | None,
+    converge_reason: str,
+    started: dt.datetime,
+    total_seconds: float,
+    load_start: str,
+    load_end: str,
+    notes: list[str],
+) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Figures from one run of `{command}`, started {started.strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"{total_seconds / 60:.0f} min in all. Every figure is a ratio against a baseline measured in the same "
+        "run; variants are interleaved so that other load hits them alike. The machine is shared (2 cores; "
+        "other engineers' tests and a molecule run of 4 podman containers ran at the same time), so the load "
+        "average is given beside each figure.",
+        "",
+        "## Targets",
+        "",
+        *targets(figures),
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in info.items()],
+        f"| load average (1, 5, 15 min) | start {load_start}; end {load_end} |",
+        "",
+    ]
+    sections = [
+        ("evidence", "Host runner: `bk-run backup` vs bare `restic backup` (issue 3), and signing rates"),
+        ("callback", "Callback plugin: 500-task playbook, callback off vs on"),
+        ("ingest", "Reporter ingest: single and batch vs raw insert (bench/ingest.py)"),
+        ("ui", "Web UI: overview and host page, 100,000 vs 10,000,000 events (bench/ui.py)"),
+    ]
+    for key, title in sections:
+        lines += [f"## {title}", ""]
+        stage = stages.get(key)
+        if stage is None:
+            lines += ["Not run (skipped with --skip).", ""]
+            continue
+        lines.append(
+            f"`{shlex.join(stage.command)}` — {stage.seconds / 60:.1f} min, exit {stage.status}, "
+            f"load {stage.load_start} at start, {stage.load_end} at end."
+        )
+        lines.append("")
+        if key == "evidence" and key in figures:
+            lines += runner_section(figures[key])
+        elif key == "callback" and key in figures:
+            lines += callback_section(figures[key])
+        else:
+            lines += ["```", stage.clean_output(), "```"]
+        lines.append("")
+    lines += [
+        "## Converge: first and second `site.yml` on the lab fleet",
+        "",
+        *converge_section(converge, converge_reason),
+        "",
+    ]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    path.write_text("\n".join(lines))
+
+
+def run_stages(args: argparse.Namespace) -> tuple[dict[str, Stage], dict[str, dict]]:
+    scratch = Path(tempfile.mkdtemp(prefix="bk-bench-all-"))
+    stages: dict[str, Stage] = {}
+    figures: dict[str, dict] = {}
+    try:
+        if "evidence" not in args.skip:
+            out = scratch / "evidence.json"
+            size = (
+                ["--size-mb", str(args.runner_size_mb)] if args.runner_size_mb else ["--gigabytes", str(args.gigabytes)]
+            )
+            stages["evidence"] = Stage(
+                "evidence",
+                [
+                    PYTHON,
+                    "bench/evidence.py",
+                    *size,
+                    "--repeat",
+                    str(args.runner_repeat),
+                    "--json",
+                    str(out),
+                ],
+            )
+            stages["evidence"].run()
+            if out.exists():
+                figures["evidence"] = json.loads(out.read_text())
+        if "callback" not in args.skip:
+            out = scratch / "callback.json"
+            stages["callback"] = Stage(
+                "callback",
+                [
+                    PYTHON,
+                    "bench/callback.py",
+                    "--tasks",
+                    str(args.callback_tasks),
+                    "--repeat",
+                    str(args.callback_repeat),
+                    "--json",
+                    str(out),
+                ],
+            )
+            stages["callback"].run()
+            if out.exists():
+                figures["callback"] = json.loads(out.read_text())
+        if "ingest" not in args.skip:
+            stages["ingest"] = Stage("ingest", [PYTHON, "bench/ingest.py", *shlex.split(args.ingest_args)])
+            stages["ingest"].run()
+        if "ui" not in args.skip:
+            wait_for_cluster(args.ui_dir, 3600)
+            events = args.ui_events or [100_000, 10_000_000]
+            command_ui = [PYTHON, "bench/ui.py", "--dir", str(args.ui_dir)]
+            for count in events:
+                command_ui += ["--events", str(count)]
+            stages["ui"] = Stage("ui", command_ui)
+            stages["ui"].run()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return stages, figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--gigabytes", type=int, default=1, help="runner data set (default 1 GB)")
+    parser.add_argument("--runner-size-mb", type=int, help="runner data set in MB instead (for a quick try)")
+    parser.add_argument("--runner-repeat", type=int, default=5)
+    parser.add_argument("--callback-repeat", type=int, default=3)
+    parser.add_argument("--callback-tasks", type=int, default=500)
+    parser.add_argument("--ui-dir", type=Path, default=REPO / ".cache" / "bench" / "ui", help="cached UI databases")
+    parser.add_argument("--ui-events", type=int, action="append", help="default: 100000 and 10000000")
+    parser.add_argument("--ingest-args", default="", help="extra arguments for bench/ingest.py")
+    parser.add_argument("--with-lab", action="store_true", help="start the lab (scripts/lab.sh up), site.yml twice")
+    parser.add_argument("--converge-log", type=Path, help="take converge figures from this molecule/ansible log")
+    parser.add_argument("--skip", action="append", default=[], choices=["evidence", "callback", "ingest", "ui"])
+    parser.add_argument("--note", action="append", default=[], help="a line for the Notes section")
+    args = parser.parse_args()
+    arguments = shlex.join(sys.argv[1:])
+    if os.environ.get("BK_BENCH_VIA_MAKE"):
+        command = "make bench" + (f" BENCH_ARGS={shlex.quote(arguments)}" if arguments else "")
+    else:
+        command = shlex.join(["bench/run_all.py", *sys.argv[1:]])
+
+    started_at = dt.datetime.now(dt.UTC)
+    started = time.monotonic()
+    load_start = load()
+    info = machine()
+    print(json.dumps(info, indent=1), flush=True)
+    stages, figures = run_stages(args)
+
+    converge = None
+    reason = (
+        "Run with `--with-lab` (starts the lab fleet, runs site.yml twice) or `--converge-log FILE` (a molecule "
+        "log) to include it; the lab belongs to the end-to-end work and was not started by this benchmark."
+    )
+    if args.with_lab:
+        converge = converge_with_lab()
+    elif args.converge_log:
+        converge = converge_from_log(args.converge_log)
+    notes = [f"- {note}" for note in args.note]
+    ui_dir = args.ui_dir
+    if "ui" in stages:
+        notes.append(
+            f"- The UI databases are cached in `{ui_dir.relative_to(REPO) if ui_dir.is_relative_to(REPO) else ui_dir}` "
+            "(bench/ui.py reuses a database it loaded before; the `load` column says `reused` then). "
+            "Delete that directory to rebuild them."
+        )
+    write_document(
+        args.output,
+        command=command,
+        info=info,
+        stages=stages,
+        figures=figures,
+        converge=converge,
+        converge_reason=reason,
+        started=started_at,
+        total_seconds=time.monotonic() - started,
+        load_start=load_start,
+        load_end=load(),
+        notes=notes,
+    )
+    print(f"\nwrote {args.output} ({(time.monotonic() - started) / 60:.1f} min)")
+    return 1 if any(stage.status for stage in stages.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
