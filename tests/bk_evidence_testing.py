@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -217,6 +218,31 @@ def hanging_up_listener() -> Iterator[str]:
         stop.set()
         thread.join()
         server.close()
+
+
+@contextlib.contextmanager
+def append_only_hub(directory: Path, user: str = "web1", password: str = "hub-secret-for-web1") -> Iterator[str]:
+    """`rclone serve restic --append-only --private-repos` on loopback; the user's repository URL
+    (with its credential, as a host's repository file holds it)."""
+    import bcrypt  # noqa: PLC0415  # only the tests that start a hub need it
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+    (directory / "htpasswd").write_text(f"{user}:{hashed}\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", "--append-only", "--private-repos"]
+    server = subprocess.Popen([*command, "--htpasswd", str(directory / "htpasswd"), str(directory / "hub-data")])
+    try:
+        for _attempt in range(100):
+            with socket.socket() as client, contextlib.suppress(OSError):
+                client.connect(("127.0.0.1", port))
+                break
+            time.sleep(0.05)
+        yield f"rest:http://{user}:{password}@127.0.0.1:{port}/{user}/"
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def initialized_repository(root: Path) -> Path:

@@ -29,6 +29,7 @@ from .recorder import BK_VERSION, Recorder
 from .restic_output import (
     backup_summary,
     parse_snapshots,
+    scrub,
     snapshot_section,
     stats_from_summary,
     strip_url_credentials,
@@ -114,13 +115,15 @@ def read_config_id(completed: Completed) -> str:
 # --- hooks ---------------------------------------------------------------------------------
 
 
-def run_commands(commands: List[Any], env: Dict[str, str], phase: str) -> Optional[Problem]:
-    """Run hook commands in order; the first failure as a Problem (later ones are not run)."""
+def run_commands(commands: List[Any], env: Dict[str, str], phase: str, secrets: List[str]) -> Optional[Problem]:
+    """Run hook commands in order; the first failure as a Problem (later ones are not run).
+
+    Their output goes to stderr (the journal) with the job's secrets and URL credentials masked."""
     for command in commands:
         completed = run(argv_of(command), env=env, timeout=HOOK_TIMEOUT_SECONDS)
         output = completed.stdout + completed.stderr
         if output:
-            sys.stderr.write(output)
+            sys.stderr.write(scrub(output, secrets))
         if completed.exit_code != 0:
             shown = command if isinstance(command, str) else " ".join(command)
             return Problem("%s command %r exited %d" % (phase, shown, completed.exit_code), completed.exit_code, output)
@@ -237,7 +240,7 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
     started = utc_now()
     tool_versions = in_background(tools, settings)  # `restic version` runs beside the backup
     hook_env = child_environment({"BK_JOB": job.name})
-    pre_problem = run_commands(job.pre, hook_env, "pre")
+    pre_problem = run_commands(job.pre, hook_env, "pre", job.secrets())
     outcomes: List[Tuple[Repository, Outcome]] = []
     for repository in job.repositories:
         if pre_problem:
@@ -273,7 +276,7 @@ def _run_post(job: Job, hook_env: Dict[str, str], outcomes: List[Tuple[Repositor
         BK_SNAPSHOT_ID=snapshot_ids[0] if snapshot_ids else "",
         BK_EXIT_CODE=str(status),
     )
-    post_problem = run_commands(job.post, env, "post")
+    post_problem = run_commands(job.post, env, "post", job.secrets())
     if post_problem:
         for _repository, outcome in outcomes:
             outcome.fail(post_problem, "warning")

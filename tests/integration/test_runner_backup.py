@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-import bcrypt
 import jsonschema
 import pytest
 from bk_evidence_testing import (
@@ -27,6 +23,7 @@ from bk_evidence_testing import (
     refusing_port,
     silent_listener,
 )
+from bk_evidence_testing import append_only_hub as hub_server
 
 from bk_evidence import manifest
 
@@ -249,23 +246,8 @@ def append_only_hub(tmp_path: Path) -> Iterator[str]:
     """`rclone serve restic --append-only --private-repos` on loopback; the client's repository URL."""
     if not shutil.which("rclone"):
         pytest.skip("rclone is not installed")
-    hashed = bcrypt.hashpw(b"hub-secret-for-web1", bcrypt.gensalt()).decode()
-    (tmp_path / "htpasswd").write_text(f"web1:{hashed}\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = ["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", "--append-only", "--private-repos"]
-    server = subprocess.Popen([*command, "--htpasswd", str(tmp_path / "htpasswd"), str(tmp_path / "hub-data")])
-    try:
-        for _attempt in range(100):
-            with socket.socket() as client, contextlib.suppress(OSError):
-                client.connect(("127.0.0.1", port))
-                break
-            time.sleep(0.05)
-        yield f"rest:http://web1:hub-secret-for-web1@127.0.0.1:{port}/web1/"
-    finally:
-        server.terminate()
-        server.wait(10)
+    with hub_server(tmp_path) as url:
+        yield url
 
 
 def test_backup_to_an_append_only_rest_hub_records_no_credentials(host: Host, append_only_hub: str) -> None:
