@@ -71,6 +71,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
+    """Every pooled connection: no JIT. The reporter's statements are short and index-bound;
+    compiling them cost more than it saved (about 90 ms on /api/v1/hosts at 2,000 hosts)."""
+    await conn.execute("SET jit = off")
+
+
 class KeyCache:
     """Enrolled keys by fingerprint, read from the database at most every KEY_CACHE_SECONDS.
 
@@ -122,6 +128,7 @@ class Reporter:
             min_size=1,
             max_size=settings.pool_size,
             kwargs={"autocommit": True, "application_name": "bk-reporter"},
+            configure=_configure_connection,
             open=False,
         )
         self.counters = metrics.IngestCounters()

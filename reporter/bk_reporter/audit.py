@@ -33,6 +33,9 @@ SELECT id, host, seq, prev, sha256, kind, status, job, started_at, finished_at, 
 
 ALL_KEYS = "SELECT host, public_key FROM host_keys"
 CHAIN_STATE = "SELECT host, events, last_seq FROM host_chain"
+_SIZE_COLUMNS = "hub_host, repository_name, size_bytes, size_text, measured_at, event_id"
+REPOSITORY_SIZES = f"SELECT {_SIZE_COLUMNS} FROM repository_sizes"
+REPOSITORY_SIZES_FROM_EVENTS = f"SELECT {_SIZE_COLUMNS} FROM repository_sizes_from_events"
 FACT_COLUMNS = (
     "repository_name",
     "repository_url",
@@ -168,6 +171,7 @@ def audit(conn: psycopg.Connection, progress: Callable[[int], None] | None = Non
                 if progress is not None and report.events % 10000 == 0:
                     progress(report.events)
         _compare_chain_state(conn, walks, report)
+        _compare_repository_sizes(conn, report)
     report.hosts = len(walks)
     return report
 
@@ -179,6 +183,32 @@ def _check_row(row: Mapping[str, Any], previous: Mapping[str, Any] | None, keys:
     link = _link_problem(row, previous)
     if link is not None:
         report.problems.append(Problem(row["host"], row["seq"], event_id, link))
+
+
+def _compare_repository_sizes(conn: psycopg.Connection, report: Report) -> None:
+    """repository_sizes (derived state) against its rebuild from the prune manifests."""
+    recorded = {(row[0], row[1]): row[2:] for row in conn.execute(REPOSITORY_SIZES)}
+    rebuilt = {(row[0], row[1]): row[2:] for row in conn.execute(REPOSITORY_SIZES_FROM_EVENTS)}
+    for hub, repository in sorted(set(recorded) | set(rebuilt)):
+        kept, expected = recorded.get((hub, repository)), rebuilt.get((hub, repository))
+        if kept == expected:
+            continue
+        report.problems.append(
+            Problem(
+                hub,
+                None,
+                None,
+                f"repository_sizes for repository {repository!r} holds {_size(kept)}, but the stored prune "
+                f"manifests say {_size(expected)} (changed behind the reporter's back)",
+            )
+        )
+
+
+def _size(row: tuple[Any, ...] | None) -> str:
+    if row is None:
+        return "nothing"
+    size_bytes, size_text, measured_at, event_id = row
+    return f"{size_text!r} ({size_bytes} bytes) measured at {measured_at.isoformat()} by event {event_id}"
 
 
 def _compare_chain_state(conn: psycopg.Connection, walks: Mapping[str, _HostWalk], report: Report) -> None:

@@ -106,3 +106,32 @@ def test_the_human_report_names_each_break(
     out = capsys.readouterr().out
     assert "BROKEN web1 seq 1: the signature does not verify" in out
     assert out.strip().endswith("audited 5 events from 1 hosts: 1 problems")
+
+
+def test_repository_sizes_are_rebuilt_from_the_prune_manifests_and_compared(
+    client: httpx.Client,
+    reporter: LiveReporter,
+    web1: Host,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BK_REPORTER_DATABASE_URL", reporter.database.app_url)
+    monkeypatch.setenv("BK_REPORTER_OWNER_DATABASE_URL", reporter.database.owner_url)
+    envelopes = [
+        web1.envelope(kind="prune", repository={"name": name}, prune={"remaining_size": size}, snapshot=None)
+        for name, size in (("db1", "1.500 GiB"), ("web2", "12.000 MiB"), ("db1", "1.250 GiB"))
+    ]
+    response = client.post("/api/v1/manifests/batch", json=envelopes)
+    assert [item["status"] for item in response.json()] == [201] * 3
+    with psycopg.connect(reporter.database.owner_url) as conn:
+        sizes = dict(conn.execute("SELECT repository_name, size_text FROM repository_sizes").fetchall())
+    assert sizes == {"db1": "1.250 GiB", "web2": "12.000 MiB"}
+    assert audit(capsys)[0] == 0
+    behind_the_reporters_back(
+        reporter, "UPDATE repository_sizes SET size_text = '9 TiB' WHERE repository_name = 'web2'"
+    )
+    code, report = audit(capsys)
+    assert code == 1
+    (problem,) = report["problems"]
+    assert problem["host"] == "web1" and "repository_sizes for repository 'web2' holds '9 TiB'" in problem["problem"]
+    assert "'12.000 MiB'" in problem["problem"]

@@ -339,6 +339,37 @@ def test_a_key_enrolled_for_another_host_while_cached_is_accepted_for_it(
     assert_answer(post(client, db1.envelope()), 201, "stored")
 
 
+def test_manifests_with_nul_escapes_are_stored_and_pages_still_show(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    """PostgreSQL's JSON functions refuse \\u0000; the manifest is still valid and is stored verbatim."""
+    plain = web1.envelope(note="a\x00b")
+    assert "\\u0000" in plain["manifest"]
+    assert_answer(post(client, plain), 201, "stored")
+    prune = web1.envelope(
+        kind="prune",
+        status="failure",
+        repository={"name": "db1"},
+        prune={"remaining_size": "12.000 MiB"},
+        error={"message": "restic said \x00"},
+        snapshot=None,
+    )
+    unreadable_size = web1.envelope(
+        kind="prune", repository={"name": "web2"}, prune={"remaining_size": "1\x00 MiB"}, snapshot=None
+    )
+    batch = client.post("/api/v1/manifests/batch", json=[prune, unreadable_size])
+    assert [(item["status"], item["code"]) for item in batch.json()] == [(201, "stored"), (201, "stored")]
+    assert stored_row(reporter, json.loads(plain["manifest"])["id"])["manifest"] == plain["manifest"]
+    with psycopg.connect(reporter.database.owner_url) as conn:
+        sizes = {
+            row[0]: row[1:]
+            for row in conn.execute("SELECT repository_name, size_bytes, size_text FROM repository_sizes")
+        }
+    assert sizes == {"db1": (12582912, "12.000 MiB"), "web2": (None, "1\ufffd MiB")}
+    for path in ("/hosts/web1", "/api/v1/hosts/web1", f"/events/{json.loads(prune['manifest'])['id']}"):
+        assert client.get(path).status_code == 200, path
+
+
 def test_an_oversized_body_is_refused_from_its_declared_length(client: httpx.Client, reporter: LiveReporter) -> None:
     before = row_counts(reporter.database.owner_url)
     huge = b'{"manifest": "' + b"x" * (600 * 1024) + b'", "signature": "x"}'

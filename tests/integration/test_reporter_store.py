@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +17,8 @@ from reporter_fixtures import Host, LiveReporter, ReporterDatabase, as_user, enr
 
 from bk_evidence import manifest as bk_manifest
 from bk_reporter import db
+from bk_reporter.app import Reporter
+from bk_reporter.settings import Settings
 
 
 def post_all(client: httpx.Client, envelopes: list[dict[str, str]]) -> list[int]:
@@ -320,6 +324,39 @@ def test_a_reader_role_reads_the_views_and_no_table(reporter_db: ReporterDatabas
             conn.execute("DROP ROLE bk_test_reader")
 
 
+GRAFANA_VIEWS = {
+    "grafana_fleet_states",
+    "grafana_job_states",
+    "grafana_runs",
+    "grafana_backup_runs",
+    "grafana_offsite_lag",
+    "grafana_repository_sizes",
+}
+
+
+def test_the_reader_role_selects_from_every_grafana_view(reporter_db: ReporterDatabase) -> None:
+    """Grafana connects as the reader role: every view its dashboards query must be readable."""
+    dashboards = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+    queried = {
+        name for path in dashboards.glob("*.json") for name in re.findall(r"\bFROM (grafana_\w+)", path.read_text())
+    }
+    assert queried <= GRAFANA_VIEWS
+    with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS bk_test_grafana")
+        conn.execute("CREATE ROLE bk_test_grafana LOGIN")
+        views = {row[0] for row in conn.execute("SELECT viewname FROM pg_views WHERE viewname LIKE 'grafana%'")}
+    assert views == GRAFANA_VIEWS
+    try:
+        db.migrate(reporter_db.owner_url, "bk_reporter_app", "bk_test_grafana")
+        with psycopg.connect(as_user(reporter_db.owner_url, "bk_test_grafana"), autocommit=True) as conn:
+            for view in sorted(GRAFANA_VIEWS):
+                conn.execute(f"SELECT * FROM {view} LIMIT 1").fetchall()
+    finally:
+        with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY bk_test_grafana")
+            conn.execute("DROP ROLE bk_test_grafana")
+
+
 def test_a_missing_reader_role_is_a_clear_error(reporter_db: ReporterDatabase) -> None:
     with pytest.raises(db.DatabaseError, match="the reader role 'nobody_here' does not exist"):
         db.migrate(reporter_db.owner_url, "bk_reporter_app", "nobody_here")
@@ -338,3 +375,16 @@ def test_a_lost_database_connection_is_a_503_to_retry_and_the_pool_recovers(
     lost = client.post("/api/v1/manifests", json=envelope)
     assert (lost.status_code, lost.json()["code"], lost.headers["retry-after"]) == (503, "unavailable", "30")
     assert client.post("/api/v1/manifests", json=envelope).status_code == 201
+
+
+def test_the_applications_connections_run_without_jit(reporter_db: ReporterDatabase) -> None:
+    async def jit_setting() -> str:
+        reporter = Reporter(Settings(), reporter_db.app_url)
+        await reporter.pool.open(wait=True)
+        try:
+            async with reporter.pool.connection() as conn:
+                return (await (await conn.execute("SHOW jit")).fetchone())[0]
+        finally:
+            await reporter.pool.close()
+
+    assert asyncio.run(jit_setting()) == "off"

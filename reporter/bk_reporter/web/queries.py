@@ -158,7 +158,8 @@ SELECT runs.id, runs.kind, runs.job, runs.status, runs.started_at, runs.finished
        runs.doc -> 'restore' AS restore, runs.doc #>> '{error,message}' AS error
   FROM job_status js
  CROSS JOIN LATERAL (
-       SELECT e.id, e.kind, coalesce(e.job, '') AS job, e.status, e.started_at, e.finished_at, e.manifest::jsonb AS doc
+       SELECT e.id, e.kind, coalesce(e.job, '') AS job, e.status, e.started_at, e.finished_at,
+              bk_manifest_doc(e.manifest) AS doc
          FROM events e
         WHERE e.host = js.host AND coalesce(e.job, '') = js.job AND e.kind = js.kind
         ORDER BY e.finished_at DESC
@@ -173,7 +174,7 @@ _TIMELINE = """
 SELECT id, seq, kind, coalesce(job, '') AS job, status, started_at, finished_at,
        extract(epoch FROM finished_at - started_at)::double precision AS duration_seconds,
        snapshot_id, data_added, repository_name, jsonb_array_length(lineage) AS lineage_items,
-       CASE WHEN status <> 'success' THEN manifest::jsonb #>> '{{error,message}}' END AS error
+       CASE WHEN status <> 'success' THEN bk_manifest_doc(manifest) #>> '{{error,message}}' END AS error
   FROM events
  WHERE host = %(host)s {after}
  ORDER BY finished_at DESC, id DESC
