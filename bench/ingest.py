@@ -11,7 +11,10 @@ each with its ratio to the raw rate, and checks that nothing was lost (rows stor
 2xx answers). The reporter runs as `bk-reporter serve` in its own process; the load
 generator is a small keep-alive HTTP/1.1 client on asyncio, so that its own cost stays low.
 
-    .venv/bin/python bench/ingest.py [--single 6000] [--batch 30000] [--batch-size 500]
+    .venv/bin/python bench/ingest.py [--single 6000] [--batch 30000] [--batch-size 500] [--json FILE]
+
+With --json FILE (or - for standard output, after the text) the figures are also written as one
+JSON object, for other scripts to read; the text output stays as it is.
 """
 
 from __future__ import annotations
@@ -346,16 +349,21 @@ class CpuMeter:
             time.process_time(),
         )
 
-    def report(self, before: tuple[float, float, float], manifests: int) -> str:
+    def report(self, before: tuple[float, float, float], manifests: int, into: dict | None = None) -> str:
         used = [(after - start) / manifests * 1000 for after, start in zip(self.sample(), before, strict=True)]
         cores = os.cpu_count() or 1
+        if into is not None:
+            into["cpu_ms_per_manifest"] = {"reporter": used[0], "postgresql": used[1], "load_generator": used[2]}
+            into["cpu_bound_rate"] = cores * 1000 / sum(used)
         return (
             f"    CPU per manifest: reporter {used[0]:.2f} ms, PostgreSQL {used[1]:.2f} ms, load generator "
             f"{used[2]:.2f} ms; {cores} cores fully used would allow about {cores * 1000 / sum(used):.0f}/s"
         )
 
 
-def run_single(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter) -> Answers:
+def run_single(
+    port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
+) -> Answers:
     before = meter.sample()
     elapsed, latencies, statuses = asyncio.run(post_singles(port, workload.singles, args.concurrency))
     rate = len(workload.singles) / elapsed
@@ -364,13 +372,24 @@ def run_single(port: int, workload: Workload, args: argparse.Namespace, raw_rate
         f"single POST, {args.concurrency} clients:  {rate:9.0f} manifests/s  (ratio {rate / raw_rate:.2f}; "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, mean {statistics.fmean(latencies) * 1000:.1f} ms)"
     )
-    print(meter.report(before, len(workload.singles)))
+    results["single"] = {
+        "manifests": len(workload.singles),
+        "concurrency": args.concurrency,
+        "rate": rate,
+        "ratio": rate / raw_rate,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "mean_ms": statistics.fmean(latencies) * 1000,
+    }
+    print(meter.report(before, len(workload.singles), results["single"]))
     answers = Answers()
     answers.count(statuses)
     return answers
 
 
-def run_batches(port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter) -> Answers:
+def run_batches(
+    port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
+) -> Answers:
     before = meter.sample()
     elapsed, statuses = asyncio.run(post_batches(port, workload.batches, args.batch_concurrency))
     rate = workload.batch_items / elapsed
@@ -378,7 +397,14 @@ def run_batches(port: int, workload: Workload, args: argparse.Namespace, raw_rat
         f"batch POST, {args.batch_size} per request, {args.batch_concurrency} clients:  {rate:9.0f} manifests/s  "
         f"(ratio {rate / raw_rate:.2f})"
     )
-    print(meter.report(before, workload.batch_items))
+    results["batch"] = {
+        "manifests": workload.batch_items,
+        "batch_size": args.batch_size,
+        "concurrency": args.batch_concurrency,
+        "rate": rate,
+        "ratio": rate / raw_rate,
+    }
+    print(meter.report(before, workload.batch_items, results["batch"]))
     answers = Answers()
     answers.count(statuses)
     return answers
@@ -393,10 +419,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=30000, help="manifests posted in batches")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-concurrency", type=int, default=2)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE (- for stdout)")
     return parser.parse_args()
 
 
-def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace) -> int:
+def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace, results: dict) -> int:
     cluster.start()
     with psycopg.connect(cluster.url(), autocommit=True) as conn:
         conn.execute("CREATE DATABASE bench")
@@ -405,13 +432,14 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace) -> i
     workload = prepare(owner_url, scratch, args)
     raw_rate = raw_insert_rate(owner_url, workload.raw)
     print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
+    results["raw"] = {"rows": args.raw, "rate": raw_rate}
     port = free_port()
     reporter = start_reporter(cluster, "bench", port)
     meter = CpuMeter(reporter.pid, int((cluster.data_dir / "postmaster.pid").read_text().split()[0]))
     try:
-        single = run_single(port, workload, args, raw_rate, meter)
+        single = run_single(port, workload, args, raw_rate, meter, results=results)
         single.rows_after = stored_events(owner_url)
-        batch = run_batches(port, workload, args, raw_rate, meter)
+        batch = run_batches(port, workload, args, raw_rate, meter, results=results)
         batch.rows_after = stored_events(owner_url) - single.rows_after
     finally:
         reporter.terminate()
@@ -421,7 +449,19 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace) -> i
         f"2xx answers: {single.ok} single + {batch.ok} batch; rows stored: {single.rows_after} + "
         f"{batch.rows_after}; lost: {lost}; other answers: {single.other + batch.other}"
     )
+    results["answers_2xx"] = single.ok + batch.ok
+    results["rows_stored"] = single.rows_after + batch.rows_after
+    results["lost"] = lost
+    results["other_answers"] = single.other + batch.other
     return 0 if lost == 0 and single.other + batch.other == 0 else 1
+
+
+def write_json(target: str, results: dict) -> None:
+    text = json.dumps(results, indent=2, sort_keys=True) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text)
 
 
 def main() -> int:
@@ -431,11 +471,16 @@ def main() -> int:
     cluster = LocalCluster.under(scratch / "pg", fsync=True)
     print(f"machine: {describe_machine()}; fsync on, loopback, unix socket to PostgreSQL", flush=True)
     print(f"load average before the run: {os.getloadavg()[0]:.2f} (other work shares these cores)", flush=True)
+    results: dict = {"machine": describe_machine(), "load_average_before": os.getloadavg()[0]}
     try:
-        return measure(cluster, scratch, args)
+        code = measure(cluster, scratch, args, results)
     finally:
         cluster.destroy()
         shutil.rmtree(scratch, ignore_errors=True)
+    results["load_average_after"] = os.getloadavg()[0]
+    if args.json:
+        write_json(args.json, results)
+    return code
 
 
 if __name__ == "__main__":
