@@ -62,13 +62,18 @@ class Load:
         self.senders, self.url = senders, url
         self.rounds, self.runs_per_round = rounds, runs_per_round
         self.threads = [threading.Thread(target=self._host, args=(sender,)) for sender in senders]
+        self.errors: list[BaseException] = []
 
     def _host(self, sender: Sender) -> None:
         start = datetime.now(UTC) - timedelta(days=1)
-        for round_number in range(self.rounds):
-            for run in range(self.runs_per_round):
-                sender.run(start + timedelta(seconds=round_number * 60 + run))
-            sender.deliver(self.url, deadline_seconds=1.0)
+        try:
+            for round_number in range(self.rounds):
+                for run in range(self.runs_per_round):
+                    sender.run(start + timedelta(seconds=round_number * 60 + run))
+                sender.deliver(self.url, deadline_seconds=1.0)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.errors.append(exc)
+            raise
 
     def __enter__(self) -> Load:
         for thread in self.threads:
@@ -78,6 +83,8 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         for thread in self.threads:
             thread.join(300)
+        assert not any(thread.is_alive() for thread in self.threads), "a host thread hangs"
+        assert not self.errors, self.errors
 
     def made(self) -> int:
         return sum(len(sender.made) for sender in self.senders)
