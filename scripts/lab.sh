@@ -29,7 +29,7 @@ say() { printf '\033[1m==> lab: %s\033[0m\n' "$*" >&2; }
 
 wait_booted() {
   local host=$1 state _
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 180); do
     state=$(podman exec "$host" systemctl is-system-running 2>/dev/null || true)
     case "$state" in
       running | degraded) echo "$state"; return 0 ;;
@@ -45,16 +45,24 @@ up() {
   podman network exists "$NETWORK" || { say "creating network $NETWORK"; podman network create "$NETWORK" >/dev/null; }
   local host
   for host in "$@"; do
+    # podman can report a container as running whose processes are gone (its
+    # conmon was killed with the session that started it): only a container
+    # that still runs commands is reused, any other is replaced.
     if [ "$(podman container inspect --format '{{.State.Running}}' "$host" 2>/dev/null)" = true ]; then
-      say "$host already running"
-      continue
+      if podman exec "$host" true 2>/dev/null; then
+        say "$host already running"
+        continue
+      fi
+      say "$host is reported running but does not answer: replacing it"
     fi
     podman container exists "$host" && podman rm -f "$host" >/dev/null
     podman run -d --name "$host" --hostname "$host" --network "$NETWORK" "${RUN_FLAGS[@]}" \
       "$IMAGE" /sbin/init >/dev/null
   done
+  local state
   for host in "$@"; do
-    say "$host: $(wait_booted "$host")"
+    state=$(wait_booted "$host") || { say "$host did not finish booting: $state"; exit 1; }
+    say "$host: $state"
   done
   write_hosts
   write_ssh_access

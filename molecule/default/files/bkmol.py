@@ -596,12 +596,15 @@ def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
     run(host, ["systemctl", "restart", timer])
     try:
         state = wait_for_run(host, service, before, timeout)
+        # Read the trigger before the timer restarts: a timer without Persistent=true
+        # forgets its last trigger when restarted.
+        triggered_state = show(host, timer, ["LastTriggerUSec"])
     finally:
         run(host, ["rm", "-f", f"{dropin_dir}/{DROPIN_NAME}"])
         run(host, ["rmdir", "--ignore-fail-on-non-empty", dropin_dir], check=False)
         run(host, ["systemctl", "daemon-reload"])
         run(host, ["systemctl", "restart", timer])
-    timer_state = show(host, timer, ["LastTriggerUSec", "ActiveState", "Triggers"])
+    timer_state = {**show(host, timer, ["ActiveState", "Triggers"]), **triggered_state}
     start_utc = show_many(host, [service], ["ExecMainStartTimestamp"], utc=True)[service]["ExecMainStartTimestamp"]
     triggered = systemd_time(timer_state.get("LastTriggerUSec", ""))
     started_at = systemd_time(start_utc)
