@@ -119,7 +119,7 @@ class Stage:
 
 def wait_for_cluster(directory: Path, limit_seconds: float) -> None:
     """Wait while another bench/ui.py holds the cached cluster (e.g. still loading the 10M database)."""
-    pid_file = directory / "pg" / "postmaster.pid"
+    pid_file = directory / "pg" / "pgdata" / "postmaster.pid"
     waited = 0.0
     while pid_file.exists() and waited < limit_seconds:
         try:
