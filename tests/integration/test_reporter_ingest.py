@@ -370,6 +370,23 @@ def test_manifests_with_nul_escapes_are_stored_and_pages_still_show(
         assert client.get(path).status_code == 200, path
 
 
+def test_ingest_answers_carry_the_same_headers_as_every_answer(
+    client: httpx.Client, reporter: LiveReporter, web1: Host
+) -> None:
+    """The ingest routes are answered before Starlette's middleware: same headers, other methods as before."""
+    page = client.get("/api/v1/hosts")
+    for response in (
+        post(client, web1.envelope()),
+        client.post("/api/v1/manifests/batch", json=[web1.envelope()]),
+        client.post("/api/v1/manifests", content=b"{"),
+    ):
+        assert response.headers["content-type"] == "application/json"
+        for name in ("content-security-policy", "x-content-type-options", "referrer-policy", "x-frame-options"):
+            assert response.headers[name] == page.headers[name]
+    assert_answer(client.get("/api/v1/manifests"), 405, "method_not_allowed")
+    assert client.post("/api/v1/manifests/").status_code == 307  # starlette redirects to the route, as before
+
+
 def test_an_oversized_body_is_refused_from_its_declared_length(client: httpx.Client, reporter: LiveReporter) -> None:
     before = row_counts(reporter.database.owner_url)
     huge = b'{"manifest": "' + b"x" * (600 * 1024) + b'", "signature": "x"}'
