@@ -106,6 +106,22 @@ u = json.load(sys.stdin)
 print(" ".join(e["pair"] for kind in sys.argv[1:] for e in u[kind]))' "$@"
 }
 
+# Lab clients whose jobs dump a PostgreSQL database (client2) run the server the
+# dump reads: the image ships it disabled, as a fresh Debian host would be.
+start_databases() {
+  local host
+  for host in $(group_hosts bk_clients); do
+    ansible-inventory "${INV_ARGS[@]}" --host "$host" 2>/dev/null |
+      python3 -c 'import json, sys
+jobs = json.load(sys.stdin).get("client_jobs") or []
+sys.exit(0 if any((j.get("dump") or {}).get("type") == "postgresql" for j in jobs) else 1)' || continue
+    podman exec "$host" systemctl enable --now --quiet postgresql.service
+    podman exec "$host" runuser -u postgres -- pg_isready --quiet --timeout=60 ||
+      die "PostgreSQL on $host does not accept connections"
+    say "$host: PostgreSQL running (its backup job dumps a database)"
+  done
+}
+
 reporter_target() {
   # The reporter's address on the lab network and the port its clients deliver to.
   local reporter url port ip
@@ -213,6 +229,7 @@ up() {
   scripts/lab.sh up
   inventory_args
   lab_ssh_config
+  start_databases
 
   step "ansible-playbook playbooks/site.yml (hub, reporter, clients, offsite)"
   ansible-playbook "${INV_ARGS[@]}" playbooks/site.yml

@@ -3,7 +3,7 @@
 """Keep an htpasswd file equal to a set of users with bcrypt hashes.
 
 Reads ``{"user": "password", ...}`` on stdin (never from the command line).
-A user whose current hash still verifies keeps it: no rehash, no change.
+A user whose current hash still verifies, at the wanted cost, keeps it: no rehash, no change.
 Prints ``{"changed": bool, "added": [...], "updated": [...], "removed": [...]}``.
 With ``--check`` nothing is written.
 """
@@ -35,8 +35,9 @@ def read_htpasswd(path: str) -> dict[str, str]:
     return entries
 
 
-def verifies(password: str, digest: str) -> bool:
-    if not digest.startswith(BCRYPT_PREFIXES):
+def verifies(password: str, digest: str, rounds: int) -> bool:
+    """The digest is a bcrypt hash of the password, of the wanted cost."""
+    if not digest.startswith(BCRYPT_PREFIXES) or digest[4:7] != f"{rounds:02d}$":
         return False
     try:
         return bcrypt.checkpw(password.encode(), ("$2b$" + digest[4:]).encode())
@@ -66,7 +67,7 @@ def main() -> int:
     parser.add_argument("file")
     parser.add_argument("--group", default="root", help="group owning the file")
     parser.add_argument("--mode", default="0640", help="file mode (octal)")
-    parser.add_argument("--rounds", type=int, default=10, help="bcrypt cost of new hashes")
+    parser.add_argument("--rounds", type=int, default=6, help="bcrypt cost of the hashes")
     parser.add_argument("--check", action="store_true", help="report what would change, write nothing")
     args = parser.parse_args()
 
@@ -83,7 +84,7 @@ def main() -> int:
     added, updated, lines = [], [], []
     for user in sorted(wanted):
         digest = current.get(user)
-        if digest is None or not verifies(wanted[user], digest):
+        if digest is None or not verifies(wanted[user], digest, args.rounds):
             (updated if digest is not None else added).append(user)
             digest = bcrypt.hashpw(wanted[user].encode(), bcrypt.gensalt(rounds=args.rounds)).decode()
         lines.append(f"{user}:{digest}\n")
