@@ -184,8 +184,9 @@ class KeyCache:
 class Reporter:
     """The application's state: settings, the connection pool and the ingest counters."""
 
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(self, settings: Settings, database_url: str, *, start_workers: bool = False) -> None:
         self.settings = settings
+        self.start_workers = start_workers
         self.limits = Limits(
             max_manifest_bytes=settings.max_manifest_bytes,
             future_tolerance=timedelta(seconds=settings.future_tolerance_seconds),
@@ -329,6 +330,8 @@ class Reporter:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.pool.open(wait=True)
+        if self.start_workers:
+            await self.verifier.start()
         await self._warn_if_role_may_rewrite()
         log.info("serving", extra={"settings": self.settings.public_view()})
         try:
@@ -429,8 +432,9 @@ def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(outcome.as_json(), status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(settings: Settings, database_url: str) -> Starlette:
-    reporter = Reporter(settings, database_url)
+def create_app(settings: Settings, database_url: str, *, start_workers: bool = False) -> Starlette:
+    """The application; `start_workers`: start the verifying worker processes with it (serve does)."""
+    reporter = Reporter(settings, database_url, start_workers=start_workers)
     routes = [
         Route(INGEST_SINGLE, reporter.post_manifest, methods=["POST"]),
         Route(INGEST_BATCH, reporter.post_batch, methods=["POST"]),

@@ -101,7 +101,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     with db.database(settings) as targets:
         db.ensure_current_schema(targets, settings)
         config = uvicorn.Config(
-            create_app(settings, targets.app_url),
+            create_app(settings, targets.app_url, start_workers=True),
             host=settings.listen_host,
             port=settings.listen_port,
             ssl_certfile=settings.tls_cert,

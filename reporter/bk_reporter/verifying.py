@@ -24,6 +24,10 @@ def verify_all(
     return [verify(item, keys, limits, now) for item in items]
 
 
+def _started_worker() -> None:
+    """Run in a worker process: nothing to do once it has started and imported this module."""
+
+
 class Verifier:
     """Runs `verify` for a request's items, in `processes` worker processes when there are many."""
 
@@ -54,6 +58,14 @@ class Verifier:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"))
         return self._pool
+
+    async def start(self) -> None:
+        """Start the worker processes now rather than at the first batch (each imports the reporter)."""
+        if self.processes < 2:
+            return
+        loop = asyncio.get_running_loop()
+        pool = self._started()
+        await asyncio.gather(*(loop.run_in_executor(pool, _started_worker) for _worker in range(self.processes)))
 
     def close(self) -> None:
         if self._pool is not None:
