@@ -205,9 +205,9 @@ def test_a_day_offline_is_delivered_oldest_first_with_chains_intact(
                 assert report.delivered == 0 and report.stopped
     assert all(len(sender.pending_ids()) == 24 * len(JOBS) for sender in senders)
     with reporter_process(reporter_db, tmp_path) as reporter:
-        for sender in senders:
-            report = sender.deliver(reporter.url, deadline_seconds=60)
-            assert (report.delivered, report.rejected, report.remaining) == (24 * len(JOBS), 0, 0)
+        # As the next runs would: a batch answered later than the host's request timeout (3 s) is
+        # stored all the same, and its retry is answered 200.
+        flush(senders, reporter.url)
     with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
         for sender in senders:
             rows = conn.execute(
