@@ -114,10 +114,43 @@ PATHS = (
     ("stats",),
     ("stats", "data_added"),
     ("stats", "files_new"),
+    ("stats", "files_changed"),
+    ("stats", "files_unmodified"),
+    ("stats", "total_bytes_processed"),
+    ("stats", "total_duration"),
     ("error",),
     ("receipt",),
     ("offsite",),
     ("new_field",),
+)
+
+
+# Values at the edges of what PostgreSQL columns, JSON and the time rules hold, beside arbitrary JSON.
+EDGES = st.sampled_from(
+    [
+        0,
+        -1,
+        2**31,
+        2**63 - 1,
+        2**63,
+        2**64,
+        10**30,
+        -0.0,
+        1.5,
+        1e308,
+        True,
+        None,
+        "",
+        "\x00",
+        "x" * 5000,
+        "2024-02-30T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "0001-01-01T00:00:00+00:00",
+        "2024-01-01T00:00:00+25:00",
+        "rest:https://user:pw@hub/web1/",
+        [],
+        {},
+    ]
 )
 
 
@@ -146,9 +179,9 @@ def events(url: str) -> int:
         return conn.execute("SELECT count(*) FROM events").fetchone()[0]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    mutations=st.lists(st.tuples(st.sampled_from(PATHS), JSON, st.booleans()), min_size=1, max_size=3),
+    mutations=st.lists(st.tuples(st.sampled_from(PATHS), EDGES | JSON, st.booleans()), min_size=1, max_size=2),
     batch=st.booleans(),
 )
 def test_mutated_signed_manifests_never_break_the_reporter(
