@@ -125,12 +125,12 @@ sys.exit(0 if any((j.get("dump") or {}).get("type") == "postgresql" for j in job
 reporter_target() {
   # The reporter's address on the lab network and the port its clients deliver to.
   local reporter url port ip
-  reporter=$(group_hosts bk_reporter | head -n1)
+  reporter=$(group_hosts bk_reporter | sed -n 1p)
   [ -n "$reporter" ] || die "the lab inventory has no bk_reporter host"
   url=$(podman exec "$reporter" python3 -c 'import json; print(json.load(open("/etc/bk/bk.json")).get("reporter_url") or "")' 2>/dev/null || true)
   if [ -z "$url" ]; then
     local client
-    client=$(group_hosts bk_clients | head -n1)
+    client=$(group_hosts bk_clients | sed -n 1p)
     url=$(podman exec "$client" python3 -c 'import json; print(json.load(open("/etc/bk/bk.json")).get("reporter_url") or "")')
   fi
   port=$(python3 -c 'import sys, urllib.parse; u = urllib.parse.urlsplit(sys.argv[1]); print(u.port or (443 if u.scheme == "https" else 80))' "$url")
@@ -276,10 +276,10 @@ print(" ".join(h for h in sys.argv[1:] if not any(e["host"] == h for e in u["bac
   bk demo is up. Look at:
     Reporter (UI)         http://127.0.0.1:$PORT/
     Hosts and jobs (API)  http://127.0.0.1:$PORT/api/v1/hosts
-    Events (API)          http://127.0.0.1:$PORT/api/v1/events?host=$(group_hosts bk_clients | head -n1)
+    Events (API)          http://127.0.0.1:$PORT/api/v1/events?host=$(group_hosts bk_clients | sed -n 1p)
     Screenshot            $OUTPUT/demo-overview.png
     The fleet             scripts/lab.sh status
-    A host's timers       podman exec $(group_hosts bk_clients | head -n1) systemctl list-timers 'bk-*'
+    A host's timers       podman exec $(group_hosts bk_clients | sed -n 1p) systemctl list-timers 'bk-*'
     Back up now           ansible-playbook ${INV_ARGS[*]} playbooks/backup_now.yml
     Restore drill         ansible-playbook ${INV_ARGS[*]} playbooks/drill.yml
 
