@@ -240,8 +240,8 @@ def _extracted(
 ) -> VerifiedManifest | Outcome:
     manifest_id = doc["id"]
     seq = doc["seq"]
-    if not 1 <= seq <= BIGINT_MAX:
-        return Outcome(422, "schema_violation", f"seq must be between 1 and {BIGINT_MAX}", manifest_id)
+    if not 1 <= seq < BIGINT_MAX:  # the chain triggers compute seq + 1 in bigint
+        return Outcome(422, "schema_violation", f"seq must be between 1 and {BIGINT_MAX - 1}", manifest_id)
     job = doc.get("job")
     job = job if isinstance(job, str) else None
     if job is not None and not storable(job):

@@ -230,6 +230,7 @@ CATALOGUE: tuple[BadInput, ...] = (
     BadInput("wrong type (`seq` as a string)", SINGLE, 422, "schema_violation", _with(seq="3")),
     BadInput("`seq` 0", SINGLE, 422, "schema_violation", _with(seq=0)),
     BadInput("`seq` beyond 64-bit", SINGLE, 422, "schema_violation", _with(seq=2**64)),
+    BadInput("`seq` 2^63 - 1 (its successor overflows bigint)", SINGLE, 422, "schema_violation", _with(seq=2**63 - 1)),
     BadInput("`prev` not a SHA-256", SINGLE, 422, "schema_violation", _with(prev="abc")),
     BadInput("unknown `kind`", SINGLE, 422, "schema_violation", _with(kind="delete-everything")),
     BadInput("time without an offset", SINGLE, 422, "schema_violation", _with(finished_at="2024-01-01T00:00:00")),
