@@ -26,20 +26,35 @@ class GroupWriter:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
         self._waiting: list[tuple[VerifiedManifest, asyncio.Future[Outcome]]] = []
-        self._writers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()  # references, so that running writers are kept
+        # Writers still willing to take waiting manifests. A writer leaves this count in the same
+        # step in which it finds nothing waiting: counting finished tasks instead (their clean-up
+        # runs a step later) left a request that came in between with no writer at all.
+        self._running = 0
 
     async def store(self, manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _manifest in manifests]
         self._waiting.extend(zip(manifests, futures, strict=True))
-        if len(self._writers) < WRITERS:
+        if self._running < WRITERS:
+            self._running += 1
             writer = asyncio.create_task(self._write())
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
         return list(await asyncio.gather(*futures))
 
     async def _write(self) -> None:
-        while self._waiting:
+        try:
+            await self._write_while_waiting()
+        except BaseException:  # cancelled: no longer a writer either
+            self._running -= 1
+            raise
+
+    async def _write_while_waiting(self) -> None:
+        while True:
+            if not self._waiting:
+                self._running -= 1
+                return
             group, self._waiting = self._waiting, []
             try:
                 async with self._pool.connection() as conn:
