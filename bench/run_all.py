@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run every bk benchmark once and write docs/benchmarks.md with the figures of that run.
 
     .venv/bin/python bench/run_all.py            # or: make bench
