@@ -424,9 +424,8 @@ def write_document(
         "",
         f"Figures from one run of `{command}`, started {started.strftime('%Y-%m-%d %H:%M UTC')}, "
         f"{total_seconds / 60:.0f} min in all. Every figure is a ratio against a baseline measured in the same "
-        "run; variants are interleaved so that other load hits them alike. The machine is shared (2 cores; "
-        "other engineers' tests and a molecule run of 4 podman containers ran at the same time), so the load "
-        "average is given beside each figure.",
+        "run; variants are interleaved so that other load hits them alike. Other work may share the machine, "
+        "so the load average is given beside each figure.",
         "",
         "## Targets",
         "",
