@@ -474,49 +474,35 @@ def write_document(
     path.write_text("\n".join(lines))
 
 
+def run_json_stage(
+    name: str, options: list[str], scratch: Path, stages: dict[str, Stage], figures: dict[str, dict]
+) -> None:
+    """Run bench/NAME.py with --json into the scratch directory and keep its figures."""
+    out = scratch / f"{name}.json"
+    stages[name] = Stage(name, [PYTHON, f"bench/{name}.py", *options, "--json", str(out)])
+    stages[name].run()
+    if out.exists():
+        figures[name] = json.loads(out.read_text())
+
+
 def run_stages(args: argparse.Namespace) -> tuple[dict[str, Stage], dict[str, dict]]:
     scratch = Path(tempfile.mkdtemp(prefix="bk-bench-all-"))
     stages: dict[str, Stage] = {}
     figures: dict[str, dict] = {}
     try:
         if "evidence" not in args.skip:
-            out = scratch / "evidence.json"
             size = (
                 ["--size-mb", str(args.runner_size_mb)] if args.runner_size_mb else ["--gigabytes", str(args.gigabytes)]
             )
-            stages["evidence"] = Stage(
-                "evidence",
-                [
-                    PYTHON,
-                    "bench/evidence.py",
-                    *size,
-                    "--repeat",
-                    str(args.runner_repeat),
-                    "--json",
-                    str(out),
-                ],
-            )
-            stages["evidence"].run()
-            if out.exists():
-                figures["evidence"] = json.loads(out.read_text())
+            run_json_stage("evidence", [*size, "--repeat", str(args.runner_repeat)], scratch, stages, figures)
         if "callback" not in args.skip:
-            out = scratch / "callback.json"
-            stages["callback"] = Stage(
+            run_json_stage(
                 "callback",
-                [
-                    PYTHON,
-                    "bench/callback.py",
-                    "--tasks",
-                    str(args.callback_tasks),
-                    "--repeat",
-                    str(args.callback_repeat),
-                    "--json",
-                    str(out),
-                ],
+                ["--tasks", str(args.callback_tasks), "--repeat", str(args.callback_repeat)],
+                scratch,
+                stages,
+                figures,
             )
-            stages["callback"].run()
-            if out.exists():
-                figures["callback"] = json.loads(out.read_text())
         if "ingest" not in args.skip:
             stages["ingest"] = Stage("ingest", [PYTHON, "bench/ingest.py", *shlex.split(args.ingest_args)])
             stages["ingest"].run()

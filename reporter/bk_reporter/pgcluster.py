@@ -156,10 +156,11 @@ class LocalCluster:
         pg_ctl = str(find_server_bin() / "pg_ctl")
         self._run([pg_ctl, "-D", str(self.data_dir), "-l", str(log), "-o", options, "-w", "start"])
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server with pg_ctl's shutdown mode (smart, fast or immediate)."""
         if not self.running:
             return
-        self._run([str(find_server_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
+        self._run([str(find_server_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"])
 
     def destroy(self) -> None:
         self.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ from reporter_fixtures import ReporterDatabase, enroll, migrated
 
 from bk_evidence import manifest
 from bk_evidence.spool import Spool
-from bk_reporter.pgcluster import LocalCluster, find_server_bin
+from bk_reporter.pgcluster import LocalCluster
 
 
 def senders_for(database: ReporterDatabase, root: Path, count: int) -> list[Sender]:
@@ -153,11 +152,6 @@ def private_cluster() -> Iterator[LocalCluster]:
         cluster.destroy()
 
 
-def pg_ctl_stop(cluster: LocalCluster, mode: str) -> None:
-    command = [str(find_server_bin() / "pg_ctl"), "-D", str(cluster.data_dir), "-m", mode, "-w", "stop"]
-    subprocess.run(["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command, check=True)
-
-
 @pytest.mark.parametrize("mode", ["immediate", "fast"])
 def test_postgresql_restarted_during_a_load_loses_nothing(
     private_cluster: LocalCluster, mode: str, tmp_path: Path
@@ -169,7 +163,7 @@ def test_postgresql_restarted_during_a_load_loses_nothing(
     with reporter_process(database, tmp_path) as reporter:
         with Load(senders, reporter.url, 40, 8) as load:
             wait_until(lambda: events_count(database) >= 200)
-            pg_ctl_stop(private_cluster, mode)
+            private_cluster.stop(mode)
             acknowledged = {manifest_id for sender in senders for manifest_id in sender.acknowledged()}
             time.sleep(2)  # deliveries meanwhile are answered 503 and stay in the spools
             private_cluster.start()
