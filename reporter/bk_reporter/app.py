@@ -66,26 +66,9 @@ BodyReader = Callable[[int], Awaitable[bytes]]
 Answer = tuple[int, Any, list[tuple[bytes, bytes]]]
 
 
-def _request_reader(request: Request) -> BodyReader:
-    async def read(limit: int) -> bytes:
-        """The body, refused as soon as it is known to exceed `limit` (declared or counted)."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _TooLarge(limit)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _TooLarge(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    return read
-
-
 def _asgi_reader(scope: Scope, receive: Receive) -> BodyReader:
     async def read(limit: int) -> bytes:
-        """As _request_reader's, from the ASGI messages themselves."""
+        """The body, refused as soon as it is known to exceed `limit` (declared or counted)."""
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise _TooLarge(limit)
@@ -211,10 +194,10 @@ class Reporter:
     # -- ingest ---------------------------------------------------------------------------
 
     async def post_manifest(self, request: Request) -> Response:
-        return _json_response(await self.ingest_single(_request_reader(request)))
+        return _json_response(await self.ingest_single(_asgi_reader(request.scope, request.receive)))
 
     async def post_batch(self, request: Request) -> Response:
-        return _json_response(await self.ingest_batch(_request_reader(request)))
+        return _json_response(await self.ingest_batch(_asgi_reader(request.scope, request.receive)))
 
     async def ingest_single(self, read: BodyReader) -> Answer:
         try:
