@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 
 def fsync_directory(directory: str) -> None:
@@ -53,6 +53,34 @@ def read_json(path: str, default: Any) -> Any:
             return json.load(handle)
     except FileNotFoundError:
         return default
+
+
+class JsonTable:
+    """A JSON object in ``<state_dir>/<name>.json``, updated atomically under ``<name>.lock``.
+
+    It holds facts bk can learn again, so an unreadable or corrupt file reads as empty."""
+
+    def __init__(self, state_dir: str, name: str) -> None:
+        base = state_dir.rstrip("/") + "/" + name
+        self.path = base + ".json"
+        self.lock_path = base + ".lock"
+
+    def read(self) -> Dict[str, Any]:
+        try:
+            value = read_json(self.path, {})
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def update(self, key: str, value: Any) -> None:
+        """Set ``key`` to ``value``; remove it when ``value`` is None."""
+        with locked(self.lock_path):
+            table = self.read()
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+            write_json(self.path, table)
 
 
 def ensure_directory(path: str, mode: int = 0o700) -> str:

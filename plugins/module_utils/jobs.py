@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .config import Job, Repository, Settings
-from .files import locked, read_json, write_json
+from .files import JsonTable
 from .manifest import new_manifest, utc_now
 from .outcome import Outcome, Problem, exit_code, worst
 from .process import (
@@ -79,13 +83,17 @@ class RepositoryIds:
     """restic repository ids by location, read once with ``restic cat config``."""
 
     def __init__(self, state_dir: str) -> None:
-        self.path = state_dir.rstrip("/") + "/repositories.json"
-        self.lock_path = state_dir.rstrip("/") + "/repositories.lock"
+        self.table = JsonTable(state_dir, "repositories")
+
+    def known(self, url: str) -> Optional[str]:
+        """The id already on file, without asking restic."""
+        value = self.table.read().get(url)
+        return value if isinstance(value, str) else None
 
     def lookup(self, settings: Settings, repository: Repository, url: str) -> Optional[str]:
-        known = read_json(self.path, {})
-        if isinstance(known, dict) and isinstance(known.get(url), str):
-            return known[url]
+        known = self.known(url)
+        if known:
+            return known
         completed = run(
             [settings.restic, "cat", "config", "--json", "--no-lock"],
             env=restic_environment(settings, repository),
@@ -95,11 +103,7 @@ class RepositoryIds:
             repository_id = read_config_id(completed)
         except ValueError:
             return None
-        with locked(self.lock_path):
-            known = read_json(self.path, {})
-            known = known if isinstance(known, dict) else {}
-            known[url] = repository_id
-            write_json(self.path, known)
+        self.table.update(url, repository_id)
         return repository_id
 
 
@@ -133,8 +137,23 @@ def run_commands(commands: List[Any], env: Dict[str, str], phase: str, secrets: 
 # --- backup --------------------------------------------------------------------------------
 
 
-def backup_argv(settings: Settings, job: Job) -> List[str]:
+class FastPath(NamedTuple):
+    """What bk-run fixes in advance so that it knows the new snapshot without asking restic."""
+
+    key: str
+    parent: str
+    paths: List[str]
+    time: str
+    repository_id: str
+    cache_dir: str
+    tags: List[str]
+    started: float
+
+
+def backup_argv(settings: Settings, job: Job, fast: Optional[FastPath] = None) -> List[str]:
     argv = [settings.restic, "backup", "--json", "--host", settings.host]
+    if fast:
+        argv += ["--parent", fast.parent, "--time", fast.time.replace("T", " ").rstrip("Z")]
     for pattern in job.exclude:
         argv += ["--exclude", pattern]
     if job.exclude_file:
@@ -163,12 +182,13 @@ def _is_summary(line: str) -> bool:
 
 
 def _run_restic_backup(
-    settings: Settings, job: Job, env: Dict[str, str]
+    settings: Settings, job: Job, env: Dict[str, str], fast: Optional[FastPath] = None
 ) -> Tuple[Optional[Completed], Optional[Completed]]:
     """restic's result (None if it did not run), and the dump command's when the job streams a dump."""
-    argv = backup_argv(settings, job)
+    argv = backup_argv(settings, job, fast)
     if not job.dump:
-        return run_filtered(argv, _is_summary, env=env), None
+        # restic parses --time in its local zone: UTC makes it the instant bk-run means
+        return run_filtered(argv, _is_summary, env=dict(env, TZ="UTC") if fast else env), None
     with tempfile.TemporaryFile() as dump_errors:
         try:
             dump = subprocess.Popen(
@@ -189,16 +209,26 @@ def _run_restic_backup(
 def _backup_one(settings: Settings, job: Job, repository: Repository) -> Outcome:
     outcome = Outcome(utc_now())
     env = restic_environment(settings, repository)
-    restic, dump = _run_restic_backup(settings, job, env)
+    fast = _fast_path(settings, job, repository, env, outcome.started_at.timestamp())
+    restic, dump = _run_restic_backup(settings, job, env, fast)
+    if fast and restic is not None and _parent_gone(restic, fast.parent):
+        sys.stderr.write("bk: snapshot %s is gone from the repository; backing up without it\n" % fast.parent[:8])
+        LastSnapshots(settings.state_dir).forget(fast.key)
+        fast = None
+        restic, dump = _run_restic_backup(settings, job, env)
     if dump is not None and dump.exit_code != 0:
         outcome.fail(Problem("dump command exited %d" % dump.exit_code, dump.exit_code, dump.stderr))
     if restic is not None:
-        _read_restic_backup(settings, restic, env, outcome)
+        _read_restic_backup(settings, restic, env, outcome, fast)
+    if not job.dump and "snapshot" in outcome.sections:
+        LastSnapshots(settings.state_dir).remember(settings, job, repository, outcome.sections["snapshot"])
     outcome.finish(utc_now())
     return outcome
 
 
-def _read_restic_backup(settings: Settings, restic: Completed, env: Dict[str, str], outcome: Outcome) -> None:
+def _read_restic_backup(
+    settings: Settings, restic: Completed, env: Dict[str, str], outcome: Outcome, fast: Optional[FastPath] = None
+) -> None:
     if restic.exit_code == 3:
         outcome.fail(
             Problem("restic backup could not read some source data (incomplete snapshot)", 3, restic.stderr), "warning"
@@ -213,7 +243,9 @@ def _read_restic_backup(settings: Settings, restic: Completed, env: Dict[str, st
     outcome.sections["stats"] = stats_from_summary(summary)
     short_id = summary.get("snapshot_id")
     if short_id:
-        snapshot = _snapshot(settings, env, short_id)
+        # any warning (a path restic skipped, say) may mean it stored other paths than planned
+        known = fast if restic.exit_code == 0 and not restic.stderr.strip() else None
+        snapshot = _known_snapshot(known, str(short_id)) or _snapshot(settings, env, short_id)
         if snapshot is None:
             outcome.fail(Problem("cannot read snapshot %s back from the repository" % short_id), "warning")
         else:
@@ -233,6 +265,129 @@ def _snapshot(settings: Settings, env: Dict[str, str], short_id: str) -> Optiona
         return None
     matching = [item for item in snapshots if str(item.get("id", "")).startswith(short_id)]
     return snapshot_section(matching[0]) if len(matching) == 1 else None
+
+
+# --- the fast path: the snapshot section without a second restic call -------------------------
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MTIME_SLACK_SECONDS = 2.0
+
+
+class LastSnapshots:
+    """The last snapshot each path job made in each repository: ``{id, paths, host}``."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.table = JsonTable(state_dir, "last-snapshots")
+
+    def get(self, key: str) -> Dict[str, Any]:
+        value = self.table.read().get(key)
+        return value if isinstance(value, dict) else {}
+
+    def remember(self, settings: Settings, job: Job, repository: Repository, snapshot: Dict[str, Any]) -> None:
+        try:
+            key = _snapshot_key(job, repository)
+            self.table.update(key, {"id": snapshot["id"], "paths": snapshot.get("paths"), "host": settings.host})
+        except (OSError, ValueError) as exc:  # only costs the next run its fast path
+            sys.stderr.write("bk: cannot remember snapshot %s: %s\n" % (snapshot.get("short_id"), exc))
+
+    def forget(self, key: str) -> None:
+        try:
+            self.table.update(key, None)
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("bk: cannot forget the last snapshot of %s: %s\n" % (key, exc))
+
+
+def _snapshot_key(job: Job, repository: Repository) -> str:
+    return "%s %s" % (job.name, strip_url_credentials(repository.location()))
+
+
+def stored_paths(paths: List[str]) -> Optional[List[str]]:
+    """The paths restic 0.14 records for these targets (absolute, cleaned, sorted, duplicates kept),
+    or None when bk cannot be sure (a relative or uncleaned path, a tag-like oddity)."""
+    for path in paths:
+        if not path.startswith("/") or path.startswith("//") or os.path.normpath(path) != path:
+            return None
+    return sorted(paths)
+
+
+def _plain_tags(tags: List[str]) -> bool:
+    """Tags restic stores exactly as given (it splits on commas and drops empty ones)."""
+    return all(tag and "," not in tag and tag.strip() == tag for tag in tags)
+
+
+def restic_cache_dir(env: Dict[str, str]) -> Optional[str]:
+    """The cache directory restic 0.14 uses with this environment, None when it uses none or it is unclear."""
+    if env.get("RESTIC_CACHE_DIR"):
+        return env["RESTIC_CACHE_DIR"]
+    base = env.get("XDG_CACHE_HOME") or (env["HOME"] + "/.cache" if env.get("HOME") else "")
+    return base + "/restic" if base.startswith("/") else None
+
+
+def _fast_path(
+    settings: Settings, job: Job, repository: Repository, env: Dict[str, str], started: float
+) -> Optional[FastPath]:
+    """The facts to fix for this run, or None (then the snapshot is read back with ``restic snapshots``)."""
+    if job.dump or not _plain_tags(job.tags):
+        return None
+    paths = stored_paths(job.paths)
+    cache_dir = restic_cache_dir(env)
+    try:
+        key = _snapshot_key(job, repository)
+        record = LastSnapshots(settings.state_dir).get(key)
+        repository_id = RepositoryIds(settings.state_dir).known(strip_url_credentials(repository.location()))
+    except (OSError, ValueError):
+        return None
+    parent = record.get("id")
+    if not (paths and cache_dir and repository_id and isinstance(parent, str) and _HEX64.match(parent)):
+        return None
+    if record.get("paths") != paths or record.get("host") != settings.host:
+        return None
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
+    return FastPath(key, parent, paths, moment, repository_id, cache_dir, list(job.tags), started)
+
+
+def _parent_gone(restic: Completed, parent: str) -> bool:
+    """restic refused ``--parent`` because that snapshot no longer exists, before backing anything up."""
+    fatal = 'Fatal: invalid id "%s": no matching ID found' % parent
+    return restic.exit_code == 1 and backup_summary(restic.stdout) is None and fatal in restic.stderr
+
+
+def _known_snapshot(fast: Optional[FastPath], short_id: str) -> Optional[Dict[str, Any]]:
+    """The snapshot section from what bk-run fixed, once restic's cache proves the full id."""
+    if fast is None:
+        return None
+    snapshot_id = _cached_snapshot_id(fast, short_id)
+    if snapshot_id is None:
+        return None
+    return {
+        "id": snapshot_id,
+        "short_id": snapshot_id[:8],
+        "paths": list(fast.paths),
+        "tags": list(fast.tags),
+        "parent": fast.parent,
+        "time": fast.time,
+    }
+
+
+def _cached_snapshot_id(fast: FastPath, short_id: str) -> Optional[str]:
+    """The full id of the snapshot file restic just wrote to its cache: the one file whose name starts
+    with the short id, whose contents hash to its name, written during this run."""
+    if not re.match(r"^[0-9a-f]{8}$", short_id):
+        return None
+    directory = os.path.join(fast.cache_dir, fast.repository_id, "snapshots", short_id[:2])
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(short_id)]
+        found = [name for name in names if _is_snapshot_file(os.path.join(directory, name), name, fast.started)]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 and len(names) == 1 else None
+
+
+def _is_snapshot_file(path: str, name: str, started: float) -> bool:
+    if not _HEX64.match(name) or os.stat(path).st_mtime < started - MTIME_SLACK_SECONDS:
+        return False
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest() == name
 
 
 def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelopes]:

@@ -1,0 +1,132 @@
+"""bk-run's fast path: the snapshot section from facts it fixed (--parent, --time) and restic's cache,
+checked against `restic snapshots --json` of a real restic 0.14 repository."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import pytest
+from bk_evidence_testing import RESTIC, Host, initialized_repository
+
+pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
+
+
+@pytest.fixture(scope="module")
+def empty_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return initialized_repository(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture
+def host(tmp_path: Path, empty_repository: Path) -> Host:
+    host = Host(tmp_path, empty_repository)
+    calls = tmp_path / "restic-calls.log"
+    counting = tmp_path / "restic-counting"
+    counting.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {host.wrapper} "$@"\n')
+    counting.chmod(0o755)
+    host.settings(reporter_url=None, restic=str(counting))
+    return host
+
+
+def calls(host: Host) -> list[str]:
+    log = host.root / "restic-calls.log"
+    commands = log.read_text().split() if log.exists() else []
+    log.write_text("")
+    return [command for command in commands if command != "version"]
+
+
+def backup(host: Host) -> dict:
+    result = host.run("backup", "home")
+    assert result.returncode == 0, result.stderr
+    return host.outbox()[-1]
+
+
+def assert_as_restic_reports(host: Host, section: dict) -> None:
+    (snapshot,) = json.loads(host.restic("snapshots", "--json", section["id"]))
+    for field in ("id", "short_id", "paths"):
+        assert section[field] == snapshot[field], field
+    assert section["tags"] == snapshot.get("tags", [])
+    assert section["parent"] == snapshot.get("parent")
+    instant = datetime.datetime.fromisoformat
+    assert instant(section["time"].replace("Z", "+00:00")) == instant(snapshot["time"].replace("Z", "+00:00"))
+
+
+def test_later_backups_know_their_snapshot_without_asking_restic(host: Host) -> None:
+    host.job(paths=[str(host.data / "file3"), str(host.data)], tags=["daily", "home", "daily"])
+    first = backup(host)
+    assert calls(host) == ["backup", "snapshots", "cat"], "first run: no record yet, read back"
+    assert_as_restic_reports(host, first["snapshot"])
+    previous = first["snapshot"]["id"]
+    for change in range(2):
+        (host.data / "file1").write_bytes(b"changed %d" % change)
+        doc = backup(host)
+        assert calls(host) == ["backup"], "fast path: one restic call"
+        assert doc["status"] == "success" and doc["snapshot"]["parent"] == previous
+        assert doc["stats"]["files_changed"] == 1
+        assert_as_restic_reports(host, doc["snapshot"])
+        previous = doc["snapshot"]["id"]
+    assert doc["snapshot"]["time"].endswith("Z")
+
+
+def test_changed_paths_fall_back_to_the_query(host: Host) -> None:
+    backup(host)
+    host.job(paths=[str(host.data), str(host.root / "etc")])
+    calls(host)
+    doc = backup(host)
+    assert calls(host) == ["backup", "snapshots"]
+    assert_as_restic_reports(host, doc["snapshot"])
+    assert doc["snapshot"]["parent"] is None
+    assert_as_restic_reports(host, backup(host)["snapshot"])
+    assert calls(host) == ["backup"]
+
+
+def test_a_forgotten_parent_is_retried_without_it(host: Host) -> None:
+    gone = backup(host)["snapshot"]["id"]
+    host.restic("forget", gone)
+    calls(host)
+    result = host.run("backup", "home")
+    assert result.returncode == 0, result.stderr
+    assert "is gone from the repository" in result.stderr
+    doc = host.outbox()[-1]
+    assert calls(host) == ["backup", "backup", "snapshots"]
+    assert doc["status"] == "success" and "error" not in doc
+    assert doc["snapshot"]["parent"] is None
+    assert_as_restic_reports(host, doc["snapshot"])
+    assert len(json.loads(host.restic("snapshots", "--json"))) == 1
+
+
+DAMAGE = {
+    "missing": 'rm "$newest"',
+    "twin": 'cp "$newest" "${newest%????????}00000000"',
+    "mismatch": 'mv "$newest" "$newest.x"; printf other > "$newest"',
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_doubtful_cache_file_falls_back(host: Host, damage: str) -> None:
+    backup(host)
+    damaging = host.root / "restic-damaging"
+    damaging.write_text(
+        "#!/bin/bash\n"
+        f'{host.root / "restic-counting"} "$@"; code=$?\n'
+        f"newest=$(ls -t {host.root}/cache/*/snapshots/*/* | head -1)\n"
+        f'if [ "$1" = backup ]; then {DAMAGE[damage]}; fi\n'
+        f'if [ "$1" = snapshots ] && [ -e "$newest.x" ]; then mv "$newest.x" "$newest"; fi\n'
+        'exit "$code"\n'
+    )
+    damaging.chmod(0o755)
+    host.settings(reporter_url=None, restic=str(damaging))
+    calls(host)
+    doc = backup(host)
+    assert calls(host) == ["backup", "snapshots"]
+    assert doc["status"] == "success"
+    assert_as_restic_reports(host, doc["snapshot"])
+
+
+def test_dump_jobs_always_read_back(host: Host) -> None:
+    host.job(paths=None, dump={"type": "postgresql", "database": "app", "command": ["printf", "dump"]})
+    backup(host)
+    backup(host)
+    assert calls(host) == ["backup", "snapshots", "cat", "backup", "snapshots"]
