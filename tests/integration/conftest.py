@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bk_evidence_testing import initialized_repository
 from reporter_fixtures import Host, LiveReporter, ReporterDatabase, enroll, make_key, migrated, serving
 
 
@@ -34,3 +35,9 @@ def reporter(reporter_db: ReporterDatabase) -> Iterator[LiveReporter]:
 def client(reporter: LiveReporter) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=reporter.url, timeout=30) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def empty_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialised restic repository, copied by each runner test that needs one."""
+    return initialized_repository(tmp_path_factory.mktemp("template"))

@@ -18,7 +18,6 @@ from bk_evidence_testing import (
     FakeReporter,
     Host,
     dropping_listener,
-    initialized_repository,
     public_line,
     refusing_port,
     silent_listener,
@@ -28,11 +27,6 @@ from bk_evidence_testing import append_only_hub as hub_server
 from bk_evidence import manifest
 
 pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
-
-
-@pytest.fixture(scope="module")
-def empty_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return initialized_repository(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture

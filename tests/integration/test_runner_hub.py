@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import RESTIC, FakeReporter, Host, initialized_repository, public_line
+from bk_evidence_testing import RESTIC, FakeReporter, Host, public_line
 
 from bk_evidence import files, manifest
 
@@ -65,11 +65,6 @@ class HubHost(Host):
 
     def snapshot_ids(self, repository: Path) -> list[str]:
         return sorted(item["id"] for item in json.loads(self.restic("snapshots", "--json", repository=repository)))
-
-
-@pytest.fixture(scope="module")
-def empty_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return initialized_repository(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture

@@ -9,14 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import RESTIC, Host, initialized_repository
+from bk_evidence_testing import RESTIC, Host
 
 pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
-
-
-@pytest.fixture(scope="module")
-def empty_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return initialized_repository(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture
