@@ -4,18 +4,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from .chain import Chain
 from .config import Settings
-from .delivery import DeliveryReport, deliver_bounded, reachable
 from .runlog import RunLog
 from .spool import Spool
-from .sshsig import preferred_host_key, sign
+
+if TYPE_CHECKING:
+    from .delivery import DeliveryReport
+
+# The signing code (cryptography) and the delivery code (urllib, ssl) are most of bk-run's start-up
+# time. They are imported where they are used, so that bk-run starts restic without them, and
+# Recorder.prepare_in_background loads them while restic runs.
 
 BK_VERSION = "0.1.0"
 EARLY_ANSWER_FRESH_SECONDS = 60.0
@@ -38,6 +44,8 @@ class EarlyDelivery:
         self.thread.start()
 
     def _run(self, recorder: "Recorder") -> None:
+        from .delivery import reachable
+
         try:
             if recorder.spool.pending():
                 report = recorder.deliver(self.deadline_seconds)
@@ -64,6 +72,7 @@ class Recorder:
         self._key_path = settings.host_key
         self._spool: Optional[Spool] = None
         self._chain: Optional[Chain] = None
+        self._preparing: Optional[threading.Thread] = None
 
     # The spool and the chain are opened on first use: a broken state or spool directory must not
     # keep a backup from running (its manifest then fails loudly instead).
@@ -85,12 +94,18 @@ class Recorder:
 
     @property
     def key_path(self) -> str:
+        from .sshsig import preferred_host_key
+
         if self._key_path is None:
             self._key_path = preferred_host_key()
         return self._key_path
 
     def record(self, doc: Dict[str, Any]) -> Dict[str, str]:
         """Chain, sign and spool a manifest built by ``manifest.new_manifest``; the envelope."""
+        from .sshsig import sign
+
+        if self._preparing is not None:
+            self._preparing.join()
         signed = self.chain.append(doc, lambda data: sign(data, self.key_path))
         self.runs.note(json.loads(signed["manifest"]))
         return signed
@@ -99,6 +114,8 @@ class Recorder:
         """Deliver what the spool holds, within the deadline; None without a reporter or if abandoned."""
         if not self.settings.reporter_url:
             return None
+        from .delivery import deliver_bounded
+
         self.chain.recover()
         self.spool.clean_partial()
         return deliver_bounded(
@@ -116,6 +133,21 @@ class Recorder:
         except Exception as exc:  # delivery must never change what the work's outcome was
             sys.stderr.write("bk: delivery failed, manifests stay in the spool: %s\n" % exc)
             return None
+
+    def prepare_in_background(self) -> None:
+        """Load the signing and delivery code in a thread, and OpenSSL's through one throwaway
+        signature with the host key: bk-run does this while restic runs, so that recording the
+        manifest afterwards takes milliseconds. A failure here is left for ``record`` to report."""
+        self._preparing = threading.Thread(target=self._prepare, name="bk-prepare", daemon=True)
+        self._preparing.start()
+
+    def _prepare(self) -> None:
+        from . import delivery  # noqa: F401  (loaded for later)
+        from .sshsig import HAS_CRYPTOGRAPHY, sign
+
+        if HAS_CRYPTOGRAPHY:  # ssh-keygen would sign for nothing
+            with contextlib.suppress(Exception):
+                sign(b"", self.key_path)
 
     def start_early_delivery(self, deadline_seconds: float) -> EarlyDelivery:
         """Try the reporter now, in a thread, while the work runs (see EarlyDelivery)."""

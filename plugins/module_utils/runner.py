@@ -158,6 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         settings = Settings(args.config)
         recorder = Recorder(settings)
+        if args.deliver:  # a command doing work: its manifest will be signed once the work is done
+            recorder.prepare_in_background()
         if args.deliver and settings.reporter_url:
             early = recorder.start_early_delivery(settings.delivery_deadline_seconds)
         status = args.handler(settings, recorder, args)
