@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line, refusing_port  # noqa: E402
 from measure import Measured, interleaved, run_measured, spread  # noqa: E402
 
-from bk_evidence import manifest, sshsig  # noqa: E402
+from bk_evidence import manifest, restic_output, sshsig  # noqa: E402
 
 RESTIC = "/usr/bin/restic"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -100,27 +101,54 @@ def make_data(directory: Path, size_mb: int) -> None:
         index += 1
 
 
-def restic_env(scratch: Path) -> dict[str, str]:
-    return dict(os.environ, RESTIC_PASSWORD_FILE=str(scratch / "password"), RESTIC_CACHE_DIR=str(scratch / "cache"))
+def restic_env(scratch: Path, label: str) -> dict[str, str]:
+    return dict(
+        os.environ, RESTIC_PASSWORD_FILE=str(scratch / "password"), RESTIC_CACHE_DIR=str(scratch / "cache" / label)
+    )
 
 
 def fresh_repository(scratch: Path, name: str) -> Path:
+    """A copy of one empty repository made at the start: every run opens a repository whose key was
+    derived with the same scrypt parameters (restic calibrates them at `init`, by the load of the
+    moment, and each restic call pays them: 0.3..0.6 s of CPU here)."""
+    template = scratch / "template"
+    if not template.exists():
+        subprocess.run([RESTIC, "init", "-q", "-r", str(template)], env=restic_env(scratch, "template"), check=True)
     repository = scratch / "repos" / name
-    subprocess.run([RESTIC, "init", "-q", "-r", str(repository)], env=restic_env(scratch), check=True)
+    shutil.copytree(template, repository)
     return repository
 
 
-def bare_backup(scratch: Path, data: Path, label: str) -> Measured:
+@dataclass
+class Run:
+    """One measured backup and the part of it restic itself reported as the backup's duration."""
+
+    measured: Measured
+    restic_seconds: float
+
+    @property
+    def outside_restic(self) -> float:
+        """Wall time not spent in restic's backup proper: start-up, opening the repository, and for
+        bk-run everything it adds (configuration, state files, signing, spooling, delivery)."""
+        return self.measured.wall - self.restic_seconds
+
+
+def bare_backup(scratch: Path, data: Path, label: str) -> Run:
     """A bare `restic backup --json` into a fresh repository (primed, like the runner's, by a backup of the
     same path with everything in it excluded: the measured run has a parent with an empty tree)."""
     repository = fresh_repository(scratch, label)
     command = [RESTIC, "-r", str(repository), "backup", "--json", "--host", "web1"]
-    run_measured([*command, "--exclude", f"{data}/*", str(data)], restic_env(scratch))
+    run_measured([*command, "--exclude", f"{data}/*", str(data)], restic_env(scratch, label))
     os.sync()  # the previous run's writeback must not land in this one
-    return run_measured([*command, str(data)], restic_env(scratch))
+    output = scratch / f"{label}.out"
+    measured = run_measured([*command, str(data)], restic_env(scratch, label), stdout=output)
+    summary = restic_output.backup_summary(output.read_text())
+    if summary is None:
+        raise SystemExit(f"restic backup printed no summary: {output}")
+    return Run(measured, float(summary["total_duration"]))
 
 
-def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str) -> Measured:
+def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str, *, reporter: FakeReporter) -> Run:
     """One `bk-run backup` as host `bench-<label>` into a fresh repository (each run has its own chain)."""
     repository = fresh_repository(scratch, label)
     config = scratch / "etc" / label
@@ -133,7 +161,7 @@ def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str) ->
         "spool_dir": str(scratch / "spool" / label),
         "reporter_url": url,
         "restic": RESTIC,
-        "cache_dir": str(scratch / "cache"),
+        "cache_dir": str(scratch / "cache" / label),
     }
     job = {
         "name": "bench",
@@ -157,7 +185,22 @@ def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str) ->
     run_measured(command, env)
     (config / "jobs" / "bench.json").write_text(json.dumps(job))
     os.sync()
-    return run_measured(command, env)
+    measured = run_measured(command, env)
+    return Run(measured, backup_duration(last_manifest(scratch / "spool" / label, reporter, f"bench-{label}")))
+
+
+def last_manifest(spool_dir: Path, reporter: FakeReporter, host: str) -> dict:
+    """The host's newest manifest: delivered to the reporter, or still waiting in its spool."""
+    documents = [doc for doc in reporter.manifests() if doc["host"] == host]
+    documents += [
+        json.loads(json.loads(path.read_text())["manifest"]) for path in (spool_dir / "outbox").glob("*.json")
+    ]
+    return max(documents, key=lambda doc: doc["seq"])
+
+
+def backup_duration(document: dict) -> float:
+    """restic's own `total_duration` of the backup a manifest describes."""
+    return float(document["stats"]["total_duration"])
 
 
 VARIANTS = ("bare", "up", "refused", "dropped")
@@ -178,22 +221,24 @@ def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
     (scratch / "lib" / "bk_evidence").symlink_to(REPO / "plugins" / "module_utils")
     key = make_key(scratch, "ed25519", "host_key")
     hosts = {f"bench-{kind}{run}": [public_line(key)] for kind in VARIANTS for run in range(-1, repeat)}
-    results: dict[str, list[Measured]] = {variant: [] for variant in VARIANTS}
+    results: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
     with FakeReporter(hosts) as reporter, dropping_listener() as dropped, refusing_port() as refused:
         urls = {"up": reporter.url, "refused": refused, "dropped": dropped}
         # Warm-up, not counted: the data into the page cache, restic and python code read once.
         bare_backup(scratch, data, "bare-warm")
-        runner_backup(scratch, data, key, reporter.url, "up-1")
+        runner_backup(scratch, data, key, reporter.url, "up-1", reporter=reporter)
         shutil.rmtree(scratch / "repos")
         for run, variant in interleaved(list(VARIANTS), repeat):
             label = f"{variant}{run}"
             if variant == "bare":
-                measured = bare_backup(scratch, data, label)
+                result = bare_backup(scratch, data, label)
             else:
-                measured = runner_backup(scratch, data, key, urls[variant], label)
-            results[variant].append(measured)
+                result = runner_backup(scratch, data, key, urls[variant], label, reporter=reporter)
+            results[variant].append(result)
+            measured = result.measured
             print(
                 f"  run {run + 1}/{repeat} {LABELS[variant]:32} {measured.wall:6.2f} s wall"
+                f" ({result.outside_restic:5.2f} s outside restic's backup)"
                 f" {measured.cpu:6.2f} s cpu {measured.tree_peak_mb:6.0f} MB  load {measured.load:.2f}",
                 flush=True,
             )
@@ -213,25 +258,34 @@ def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
     return summary
 
 
-def summarize(results: dict[str, list[Measured]]) -> dict[str, object]:
-    base = {name: statistics.median(getattr(m, name) for m in results["bare"]) for name in ("wall", "cpu")}
+def summarize(results: dict[str, list[Run]]) -> dict[str, object]:
+    bare = [run.measured for run in results["bare"]]
+    base = {name: statistics.median(getattr(m, name) for m in bare) for name in ("wall", "cpu")}
+    base_outside = statistics.median(run.outside_restic for run in results["bare"])
     variants = {}
     for variant, runs in results.items():
-        wall = [m.wall for m in runs]
-        cpu = [m.cpu for m in runs]
+        measured = [run.measured for run in runs]
+        wall = [m.wall for m in measured]
+        cpu = [m.cpu for m in measured]
+        outside_added = statistics.median(run.outside_restic for run in runs) - base_outside
         variants[variant] = {
-            "runs": [m.as_dict() for m in runs],
+            "runs": [dict(run.measured.as_dict(), restic_seconds=run.restic_seconds) for run in runs],
             "wall_median": statistics.median(wall),
             "wall_spread": spread(wall),
             "wall_ratio": statistics.median(wall) / base["wall"],
             "wall_added": statistics.median(wall) - base["wall"],
             # paired: each run against the bare run of the same repetition (adjacent in time)
-            "paired_wall_ratio": statistics.median(m.wall / b.wall for m, b in zip(runs, results["bare"], strict=True)),
+            "paired_wall_ratio": statistics.median(m.wall / b.wall for m, b in zip(measured, bare, strict=True)),
+            # what the variant adds outside restic's own backup phase, which varies by ±5 % from run to
+            # run whoever starts it: the overhead without that noise
+            "outside_restic_added": outside_added,
+            "outside_restic_ratio": (base["wall"] + outside_added) / base["wall"],
             "cpu_median": statistics.median(cpu),
             "cpu_ratio": statistics.median(cpu) / base["cpu"],
-            "maxrss_mb": max(m.maxrss_mb for m in runs),
-            "tree_peak_mb": max(m.tree_peak_mb for m in runs),
-            "load": [min(m.load for m in runs), max(m.load for m in runs)],
+            "cpu_added": statistics.median(cpu) - base["cpu"],
+            "maxrss_mb": max(m.maxrss_mb for m in measured),
+            "tree_peak_mb": max(m.tree_peak_mb for m in measured),
+            "load": [min(m.load for m in measured), max(m.load for m in measured)],
         }
     return {"variants": variants}
 
@@ -251,7 +305,11 @@ def print_overhead(summary: dict[str, object]) -> None:
             f" (paired {v['paired_wall_ratio']:.3f}, {v['wall_added']:+.2f} s)  spread {v['wall_spread']}"
         )
         print(
-            f"  {'':32} cpu  {v['cpu_median']:6.2f} s  ratio {v['cpu_ratio']:.3f};"
+            f"  {'':32} outside restic's backup phase: {v['outside_restic_added']:+.2f} s"
+            f" over bare, overhead ratio {v['outside_restic_ratio']:.3f}"
+        )
+        print(
+            f"  {'':32} cpu  {v['cpu_median']:6.2f} s  ratio {v['cpu_ratio']:.3f} ({v['cpu_added']:+.2f} s);"
             f" peak RSS tree {v['tree_peak_mb']:.0f} MB (ratio {v['tree_peak_mb'] / bare_rss:.2f}),"
             f" largest process {v['maxrss_mb']:.0f} MB; load {v['load'][0]:.2f}..{v['load'][1]:.2f}"
         )

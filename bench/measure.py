@@ -8,6 +8,7 @@ tree). Wall time is measured around the whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -66,13 +67,16 @@ def tree_rss_kb(root: int) -> int:
     return total
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Measured:
-    """Run a command to completion (its output discarded); raise SystemExit if it fails."""
+def run_measured(
+    command: list[str], env: dict[str, str] | None = None, cwd: str | None = None, stdout: Path | None = None
+) -> Measured:
+    """Run a command to completion (its output discarded, or written to `stdout`); raise SystemExit if it fails."""
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    process = subprocess.Popen(
-        command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with stdout.open("wb") if stdout else contextlib.nullcontext(subprocess.DEVNULL) as output:
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.PIPE
+        )
     peak = [0]
     done = threading.Event()
 
