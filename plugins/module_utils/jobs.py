@@ -90,6 +90,13 @@ class RepositoryIds:
         value = self.table.read().get(url)
         return value if isinstance(value, str) else None
 
+    def forget(self, url: str) -> None:
+        """Have the id read again next time (an unwritable state file only costs that)."""
+        try:
+            self.table.update(url, None)
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("bk: cannot forget the repository id of %s: %s\n" % (url, exc))
+
     def lookup(self, settings: Settings, repository: Repository, url: str) -> Optional[str]:
         known = self.known(url)
         if known:
@@ -214,6 +221,8 @@ def _backup_one(settings: Settings, job: Job, repository: Repository) -> Outcome
     if fast and restic is not None and _parent_gone(restic, fast.parent):
         sys.stderr.write("bk: snapshot %s is gone from the repository; backing up without it\n" % fast.parent[:8])
         LastSnapshots(settings.state_dir).forget(fast.key)
+        # forgotten, or the repository was initialised anew at the same place: then its id changed too
+        RepositoryIds(settings.state_dir).forget(strip_url_credentials(repository.location()))
         fast = None
         restic, dump = _run_restic_backup(settings, job, env)
     if dump is not None and dump.exit_code != 0:

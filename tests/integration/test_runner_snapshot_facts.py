@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,11 +86,26 @@ def test_a_forgotten_parent_is_retried_without_it(host: Host) -> None:
     assert result.returncode == 0, result.stderr
     assert "is gone from the repository" in result.stderr
     doc = host.outbox()[-1]
-    assert calls(host) == ["backup", "backup", "snapshots"]
+    assert calls(host) == ["backup", "backup", "snapshots", "cat"], "the repository id is read again too"
     assert doc["status"] == "success" and "error" not in doc
     assert doc["snapshot"]["parent"] is None
     assert_as_restic_reports(host, doc["snapshot"])
     assert len(json.loads(host.restic("snapshots", "--json"))) == 1
+
+
+def test_a_repository_initialised_anew_in_place_is_described_by_its_new_id(host: Host) -> None:
+    old_id = backup(host)["repository"]["id"]
+    shutil.rmtree(host.repository)
+    host.restic("init", "-q")
+    new_id = json.loads(host.restic("cat", "config", "--json"))["id"]
+    assert new_id != old_id
+    calls(host)
+    doc = backup(host)
+    assert calls(host) == ["backup", "backup", "snapshots", "cat"], "parent gone: retried, id read again"
+    assert doc["repository"]["id"] == new_id
+    assert_as_restic_reports(host, doc["snapshot"])
+    assert backup(host)["repository"]["id"] == new_id
+    assert calls(host) == ["backup"], "and the fast path again"
 
 
 DAMAGE = {
