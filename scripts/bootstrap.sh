@@ -82,6 +82,7 @@ link_collection() {
 }
 
 install_apt_packages
+scripts/debian-tools.sh
 install_venv
 install_collections
 link_collection

@@ -27,6 +27,7 @@
 # - cron is not installed: every lab host has systemd, so the roles use timers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/mirror.sh
 
 IMAGE=${BK_LAB_IMAGE:-localhost/bk-lab:12}
 SUITE=bookworm
@@ -41,12 +42,6 @@ PACKAGES=(
 
 say() { printf '\033[1m==> lab-image: %s\033[0m\n' "$*" >&2; }
 
-mirror() {
-  # The first URI of the main Debian archive in the deb822 sources file.
-  local uri
-  uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  echo "${uri:-http://deb.debian.org/debian}"
-}
 
 # The second stage: the lab's packages, installed in the chroot. Part of the recipe.
 install_packages() {
@@ -108,7 +103,7 @@ UNIT
 recipe_hash() {
   {
     echo "suite=$SUITE"
-    echo "mirror=$(mirror)"
+    echo "mirror=$(debian_mirror)"
     echo "base=${BASE[*]}"
     echo "packages=${PACKAGES[*]}"
     declare -f install_packages
@@ -154,9 +149,9 @@ cleanup() {
 trap cleanup EXIT
 root=$work/rootfs
 include=$(IFS=,; echo "${BASE[*]}")
-say "debootstrap $SUITE from $(mirror)"
+say "debootstrap $SUITE from $(debian_mirror)"
 started=$SECONDS
-if ! debootstrap --variant=minbase --include="$include" "$SUITE" "$root" "$(mirror)" >"$work/debootstrap.out" 2>&1; then
+if ! debootstrap --variant=minbase --include="$include" "$SUITE" "$root" "$(debian_mirror)" >"$work/debootstrap.out" 2>&1; then
   tail -20 "$work/debootstrap.out" >&2
   tail -40 "$root/debootstrap/debootstrap.log" >&2 || true
   echo "lab-image: debootstrap failed" >&2

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 # link that scripts/bootstrap.sh keeps under .cache/collections.
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 
+from bk_evidence_testing import RESTIC_BUILDS, tool  # noqa: E402
 from bk_reporter.pgcluster import LocalCluster  # noqa: E402
 
 
@@ -45,3 +46,9 @@ def pg_url(pg_cluster: LocalCluster) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=sorted(RESTIC_BUILDS), ids=lambda version: f"restic-{version}")
+def restic_build(request: pytest.FixtureRequest) -> str:
+    """The path of each supported restic in turn (a test using it runs once per version)."""
+    return tool(RESTIC_BUILDS[request.param])
