@@ -44,6 +44,11 @@ _PATH = {"type": "string", "maxLength": 4096}
 _PATHS = {"type": "array", "items": _PATH, "maxItems": 1000}
 _SNAPSHOT_IDS = {"type": "array", "items": _SNAPSHOT_ID, "maxItems": 100000}
 _URL = {"type": "string", "maxLength": 2048, "pattern": _NO_URL_CREDENTIALS}
+_RECEIPT_FILE = {
+    "type": "object",
+    "required": ["id", "arrived_at"],
+    "properties": {"id": _SNAPSHOT_ID, "size": _COUNT, "arrived_at": _TIMESTAMP},
+}
 
 JSON_SCHEMA: Dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -172,17 +177,37 @@ JSON_SCHEMA: Dict[str, Any] = {
         "receipt": {
             "type": "object",
             "required": ["snapshots"],
-            "description": "snapshot files that arrived in a hub repository",
+            "description": (
+                "snapshot files that arrived in a hub repository. A listed snapshot proves that the file is on "
+                "the hub's disk and that the SHA-256 of its content as stored equals its name (the hub hashed it "
+                "when writing the receipt); it does not prove that restic can decrypt it or that its data is there"
+            ),
             "properties": {
                 "snapshots": {
                     "type": "array",
                     "maxItems": 100000,
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "arrived_at"],
-                        "properties": {"id": _SNAPSHOT_ID, "size": _COUNT, "arrived_at": _TIMESTAMP},
+                    "items": _RECEIPT_FILE,
+                },
+                "verified": {
+                    "type": "string",
+                    "enum": ["sha256"],
+                    "description": "how every listed file was checked: its content hashes to its name",
+                },
+                "mismatched": {
+                    "type": "array",
+                    "maxItems": 100000,
+                    "items": _RECEIPT_FILE,
+                    "description": "snapshot files whose content does not hash to their name: not confirmed",
+                },
+                "disk": {
+                    "type": "object",
+                    "description": "the filesystem of the hub's data directory when the receipt was written",
+                    "required": ["free_bytes", "total_bytes"],
+                    "properties": {
+                        "free_bytes": dict(_COUNT, description="bytes available to the hub's server"),
+                        "total_bytes": _COUNT,
                     },
-                }
+                },
             },
         },
         "offsite": {
