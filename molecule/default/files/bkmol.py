@@ -819,8 +819,9 @@ def cmd_append_only(args: argparse.Namespace) -> Json:
         curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20", "-K", "-"]
         proc = run(host, curl, stdin=f'url = "{target}"\nuser = "{user}"\n'.encode(), check=False)
         codes[path] = proc.stdout.decode().strip()
-    if any(code != "403" for code in codes.values()):
-        problems.append(f"{host}: HTTP answers for {other}'s repository with {host}'s credential: {codes} (want 403)")
+    # rclone serve restic answers 403, rest-server 401: both refuse.
+    if any(code not in ("401", "403") for code in codes.values()):
+        problems.append(f"{host}: HTTP answers for {other}'s repository with {host}'s credential: {codes} (want 401/403)")
     return {
         "host": host,
         "forget_snapshot": victim,
