@@ -222,7 +222,7 @@ up() {
   INVENTORY=$(inventory)
   inventory_args
 
-  step "lab image (built once, cached)"
+  step "lab images: Debian 13 and 12 (built once, cached)"
   scripts/lab-image.sh
 
   step "lab fleet: podman containers with systemd ($(group_hosts all | tr '\n' ' '))"
@@ -292,7 +292,7 @@ down() {
   forward_stop
   step "remove the lab fleet"
   scripts/lab.sh down
-  say "the lab image stays cached (podman rmi localhost/bk-lab:12 removes it)"
+  say "the lab images stay cached (podman rmi localhost/bk-lab:13 localhost/bk-lab:12 removes them)"
 }
 
 status() {

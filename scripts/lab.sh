@@ -4,7 +4,8 @@
 # hostname (podman's DNS resolves names, not --hostname).
 #
 # Usage: scripts/lab.sh up|down|status [HOST...]
-# Default hosts: hub reporter client1 client2 (or $BK_LAB_HOSTS).
+# Default hosts: hub reporter client1 client2 (or $BK_LAB_HOSTS); client1 on
+# Debian 12 (localhost/bk-lab:12), the others on Debian 13 (localhost/bk-lab:13).
 #
 # `up` also writes every lab host's address into each lab host's /etc/hosts,
 # authorizes the key .cache/lab/id_ed25519 for root, and writes
@@ -14,7 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE=${BK_LAB_IMAGE:-localhost/bk-lab:12}
+# Every lab host boots Debian 13 but the clients named here, on Debian 12: real
+# fleets upgrade host by host. BK_LAB_IMAGE puts every host on one image instead.
+read -r -a DEBIAN12_HOSTS <<<"${BK_LAB_DEBIAN12_HOSTS-client1}"
 NETWORK=${BK_LAB_NETWORK:-bk-lab}
 read -r -a DEFAULT_HOSTS <<<"${BK_LAB_HOSTS:-hub reporter client1 client2}"
 RUN_FLAGS=(
@@ -26,6 +29,15 @@ RUN_FLAGS=(
 )
 
 say() { printf '\033[1m==> lab: %s\033[0m\n' "$*" >&2; }
+
+image_for() {
+  local host=$1 old
+  if [ -n "${BK_LAB_IMAGE:-}" ]; then echo "$BK_LAB_IMAGE"; return; fi
+  for old in "${DEBIAN12_HOSTS[@]}"; do
+    if [ "$old" = "$host" ]; then echo localhost/bk-lab:12; return; fi
+  done
+  echo localhost/bk-lab:13
+}
 
 wait_booted() {
   local host=$1 state _
@@ -57,7 +69,7 @@ up() {
     fi
     podman container exists "$host" && podman rm -f "$host" >/dev/null
     podman run -d --name "$host" --hostname "$host" --network "$NETWORK" "${RUN_FLAGS[@]}" \
-      "$IMAGE" /sbin/init >/dev/null
+      "$(image_for "$host")" /sbin/init >/dev/null
   done
   local state
   for host in "$@"; do

@@ -821,7 +821,8 @@ def cmd_append_only(args: argparse.Namespace) -> Json:
         codes[path] = proc.stdout.decode().strip()
     # rclone serve restic answers 403, rest-server 401: both refuse.
     if any(code not in ("401", "403") for code in codes.values()):
-        problems.append(f"{host}: HTTP answers for {other}'s repository with {host}'s credential: {codes} (want 401/403)")
+        answers = f"{codes} (want 401 or 403)"
+        problems.append(f"{host}: HTTP answers for {other}'s repository with {host}'s credential: {answers}")
     return {
         "host": host,
         "forget_snapshot": victim,
