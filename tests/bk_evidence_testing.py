@@ -310,19 +310,22 @@ def append_only_hub(
         yield base.replace("http://", f"rest:http://{user}:{password}@", 1) + f"/{user}/"
 
 
-def initialized_repository(root: Path) -> Path:
-    """An empty restic repository under ``root`` (``restic init`` costs seconds: copy it per test)."""
+def initialized_repository(root: Path, restic: str = RESTIC) -> Path:
+    """An empty repository made by ``restic init`` of that restic under ``root`` (it costs seconds:
+    copy it per test)."""
     (root / "password").write_text(PASSWORD + "\n")
     env = dict(os.environ, RESTIC_PASSWORD_FILE=str(root / "password"))
-    subprocess.run([RESTIC, "init", "-q", "-r", str(root / "repo")], env=env, check=True)
+    subprocess.run([restic, "init", "-q", "-r", str(root / "repo")], env=env, check=True)
     return root / "repo"
 
 
 class Host:
-    """A client host in a temporary directory: key, restic repository, bk configuration."""
+    """A client host in a temporary directory: key, restic repository, bk configuration; ``restic``
+    is the binary bk-run is configured with (and the tests' own restic calls use)."""
 
-    def __init__(self, root: Path, template: Path) -> None:
+    def __init__(self, root: Path, template: Path, restic: str = RESTIC) -> None:
         self.root = root
+        self.restic_binary = restic
         self.key = make_key(root, "ed25519")
         self.data = root / "data"
         self.data.mkdir()
@@ -338,8 +341,8 @@ class Host:
         self.wrapper = root / "restic-tee"
         self.wrapper.write_text(
             "#!/bin/bash\n"
-            f'if [ "$1" = backup ]; then {RESTIC} "$@" | tee -a {self.restic_log}; exit "${{PIPESTATUS[0]}}"; fi\n'
-            f'exec {RESTIC} "$@"\n'
+            f'if [ "$1" = backup ]; then {restic} "$@" | tee -a {self.restic_log}; exit "${{PIPESTATUS[0]}}"; fi\n'
+            f'exec {restic} "$@"\n'
         )
         self.wrapper.chmod(0o755)
         self.settings(reporter_url=None)
@@ -347,7 +350,7 @@ class Host:
 
     def restic(self, *args: str, repository: Path | None = None) -> str:
         env = dict(os.environ, RESTIC_PASSWORD_FILE=str(self.password_file), RESTIC_CACHE_DIR=str(self.root / "cache"))
-        command = [RESTIC, "-r", str(repository or self.repository), *args]
+        command = [self.restic_binary, "-r", str(repository or self.repository), *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
 
     def repository_entry(self, name: str = "local", repository: Path | None = None) -> dict:

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 
 from bk_evidence_testing import RESTIC_BUILDS, tool  # noqa: E402
+
 from bk_reporter.pgcluster import LocalCluster  # noqa: E402
 
 

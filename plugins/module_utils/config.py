@@ -179,6 +179,7 @@ class Job:
         "compression",
         "limit_upload",
         "limit_download",
+        "skip_if_unchanged",
         "repositories",
         "check",
     )
@@ -208,6 +209,7 @@ class Job:
         self.compression: Optional[str] = fields.get("compression", str)
         self.limit_upload: Optional[int] = fields.get("limit_upload", int)
         self.limit_download: Optional[int] = fields.get("limit_download", int)
+        self.skip_if_unchanged: bool = fields.get("skip_if_unchanged", bool, False)
         repositories = fields.get("repositories", list, required=True)
         self.repositories = [_repository(item, path) for item in repositories]
         check = _Fields(fields.get("check", dict, {}), path + ": check", ["read_data_subset"])

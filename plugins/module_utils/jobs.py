@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from .process import (
     Completed,
     argv_of,
     child_environment,
-    in_background,
+    minimal_environment,
     python_version,
     run,
     run_filtered,
@@ -31,8 +33,12 @@ from .process import (
 )
 from .recorder import BK_VERSION, Recorder
 from .restic_output import (
+    FAILURE_CAUSES,
     backup_summary,
+    exit_error,
+    failure_cause,
     parse_snapshots,
+    restic_version_tuple,
     scrub,
     snapshot_section,
     stats_from_summary,
@@ -62,8 +68,59 @@ def restic_environment(settings: Settings, repository: Repository) -> Dict[str, 
 
 
 def tools(settings: Settings) -> Dict[str, str]:
-    found = {"restic": version_of(settings.restic), "bk": BK_VERSION, "python": python_version()}
+    found = {"restic": restic_version(settings), "bk": BK_VERSION, "python": python_version()}
     return {name: version for name, version in found.items() if version}
+
+
+def restic_version(settings: Settings) -> Optional[str]:
+    """The version of the configured restic (``0.18.0``), None if it cannot run."""
+    return ResticVersions(settings.state_dir).lookup(settings.restic)
+
+
+class ResticVersions:
+    """restic versions by binary, asked with ``restic version`` once per binary file: a file
+    whose inode, size or modification time changed (an upgrade) is asked again."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.table = JsonTable(state_dir, "restic-versions")
+
+    def lookup(self, binary: str) -> Optional[str]:
+        path = shutil.which(binary)
+        if path is None:
+            return None
+        try:
+            stat = os.stat(path)
+            stamp = "%d %d %d" % (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            known = self.table.read().get(path)
+        except OSError:
+            return version_of(binary)
+        if isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("version"), str):
+            return known["version"]
+        version = version_of(path)
+        if version:
+            try:
+                self.table.update(path, {"stamp": stamp, "version": version})
+            except (OSError, ValueError) as exc:  # only costs the next run one `restic version`
+                sys.stderr.write("bk: cannot remember the version of %s: %s\n" % (path, exc))
+        return version
+
+
+class ResticFeatures(NamedTuple):
+    """What the configured restic can do, by its version (an unknown version: what 0.14 can)."""
+
+    version: Optional[str]
+
+    def at_least(self, major: int, minor: int) -> bool:
+        found = restic_version_tuple(self.version)
+        return found is not None and found >= (major, minor)
+
+    @property
+    def stdin_from_command(self) -> bool:
+        return self.at_least(0, 17)
+
+    @property
+    def skip_if_unchanged(self) -> bool:
+        return self.at_least(0, 17)
 
 
 def repository_section(settings: Settings, repository: Repository) -> Dict[str, Any]:
@@ -141,6 +198,33 @@ def run_commands(commands: List[Any], env: Dict[str, str], phase: str, secrets: 
     return None
 
 
+class Interruption:
+    """SIGINT and SIGTERM during a backup: noted instead of raised, so that restic (which gets
+    the same signal from the terminal or from systemd) ends the repository at hand, its manifest
+    says "interrupted", and the job's other repositories are not started."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self.previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> Interruption:
+        try:
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._note)
+        except ValueError:  # not the main thread (bk-run's own is): signals stay as they were
+            pass
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _note(self, number: int, _frame: Any) -> None:
+        self.signal = number
+
+
 # --- backup --------------------------------------------------------------------------------
 
 
@@ -151,13 +235,23 @@ class FastPath(NamedTuple):
     parent: str
     paths: List[str]
     time: str
-    repository_id: str
-    cache_dir: str
+    repository_id: Optional[str]
+    cache_dir: Optional[str]
     tags: List[str]
     started: float
 
 
-def backup_argv(settings: Settings, job: Job, fast: Optional[FastPath] = None) -> List[str]:
+class Plan(NamedTuple):
+    """One ``restic backup`` of a job to a repository, as decided before it runs."""
+
+    job: Job
+    features: ResticFeatures
+    env: Dict[str, str]
+    fast: Optional[FastPath] = None
+
+
+def backup_argv(settings: Settings, plan: Plan) -> List[str]:
+    job, fast = plan.job, plan.fast
     argv = [settings.restic, "backup", "--json", "--host", settings.host]
     if fast:
         argv += ["--parent", fast.parent, "--time", fast.time.replace("T", " ").rstrip("Z")]
@@ -179,27 +273,48 @@ def backup_argv(settings: Settings, job: Job, fast: Optional[FastPath] = None) -
         argv += ["--limit-upload", str(job.limit_upload)]
     if job.limit_download:
         argv += ["--limit-download", str(job.limit_download)]
+    if job.skip_if_unchanged and plan.features.skip_if_unchanged:
+        argv.append("--skip-if-unchanged")
+    if job.dump and plan.features.stdin_from_command:
+        # restic runs the dump itself and sees its exit status; env -i: the dump gets only its own variables
+        assignments = ["%s=%s" % item for item in sorted(dump_environment(job).items())]
+        dump_argv = ["/usr/bin/env", "-i", *assignments, *argv_of(job.dump.command)]
+        return [*argv, "--stdin-filename", job.dump.filename, "--stdin-from-command", "--", *dump_argv]
     if job.dump:
         return [*argv, "--stdin", "--stdin-filename", job.dump.filename]
     return [*argv, "--", *job.paths]
+
+
+def hook_environment(job: Job) -> Dict[str, str]:
+    """What hooks get: a minimal environment (never the runner's, which holds the repositories'
+    ``EnvironmentFile=`` secrets) and ``BK_JOB``."""
+    return minimal_environment({"BK_JOB": job.name})
+
+
+def dump_environment(job: Job) -> Dict[str, str]:
+    return hook_environment(job)
 
 
 def _is_summary(line: str) -> bool:
     return '"summary"' in line
 
 
-def _run_restic_backup(
-    settings: Settings, job: Job, env: Dict[str, str], fast: Optional[FastPath] = None
-) -> Tuple[Optional[Completed], Optional[Completed]]:
-    """restic's result (None if it did not run), and the dump command's when the job streams a dump."""
-    argv = backup_argv(settings, job, fast)
-    if not job.dump:
-        # restic parses --time in its local zone: UTC makes it the instant bk-run means
-        return run_filtered(argv, _is_summary, env=dict(env, TZ="UTC") if fast else env), None
+def _run_restic_backup(settings: Settings, plan: Plan) -> Tuple[Optional[Completed], Optional[Completed]]:
+    """restic's result (None if it did not run), and the dump command's when bk-run pipes a dump."""
+    argv = backup_argv(settings, plan)
+    # restic parses --time in its local zone: UTC makes it the instant bk-run means
+    env = dict(plan.env, TZ="UTC") if plan.fast else plan.env
+    if not plan.job.dump or plan.features.stdin_from_command:
+        return run_filtered(argv, _is_summary, env=env), None
+    dump_command = plan.job.dump.command
     with tempfile.TemporaryFile() as dump_errors:
         try:
             dump = subprocess.Popen(
-                argv_of(job.dump.command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=dump_errors
+                argv_of(dump_command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=dump_errors,
+                env=dump_environment(plan.job),
             )
         except OSError as exc:
             return None, Completed(127, "", "cannot run the dump command: %s\n" % exc)
@@ -213,56 +328,87 @@ def _run_restic_backup(
         return restic, Completed(dump_code, "", dump_errors.read().decode("utf-8", "replace"))
 
 
-def _backup_one(settings: Settings, job: Job, repository: Repository) -> Outcome:
+def _backup_one(
+    settings: Settings, job: Job, repository: Repository, features: ResticFeatures, interruption: Interruption
+) -> Outcome:
     outcome = Outcome(utc_now())
     env = restic_environment(settings, repository)
     fast = _fast_path(settings, job, repository, env, outcome.started_at.timestamp())
-    restic, dump = _run_restic_backup(settings, job, env, fast)
-    if fast and restic is not None and _parent_gone(restic, fast.parent):
+    plan = Plan(job, features, env, fast)
+    if job.skip_if_unchanged and not features.skip_if_unchanged:
+        outcome.fail(
+            Problem(
+                "skip_if_unchanged needs restic 0.17 or later (this restic is %s); backed up without it"
+                % (features.version or "of an unknown version"),
+                cause="option_unsupported",
+            ),
+            "warning",
+        )
+    restic, dump = _run_restic_backup(settings, plan)
+    if fast and restic is not None and _refused_parent(restic, fast.parent):
         sys.stderr.write("bk: snapshot %s is gone from the repository; backing up without it\n" % fast.parent[:8])
         LastSnapshots(settings.state_dir).forget(fast.key)
         # forgotten, or the repository was initialised anew at the same place: then its id changed too
         RepositoryIds(settings.state_dir).forget(strip_url_credentials(repository.location()))
-        fast = None
-        restic, dump = _run_restic_backup(settings, job, env)
+        plan = plan._replace(fast=None)
+        restic, dump = _run_restic_backup(settings, plan)
+    elif fast and restic is not None and _failed_before_backing_up(restic):
+        # whatever went wrong, the next run must not depend on this parent again
+        LastSnapshots(settings.state_dir).forget(fast.key)
     if dump is not None and dump.exit_code != 0:
-        outcome.fail(Problem("dump command exited %d" % dump.exit_code, dump.exit_code, dump.stderr))
+        outcome.fail(Problem("dump command exited %d" % dump.exit_code, dump.exit_code, dump.stderr, "dump_failed"))
     if restic is not None:
-        _read_restic_backup(settings, restic, env, outcome, fast)
-    if not job.dump and "snapshot" in outcome.sections:
+        _read_restic_backup(settings, plan, restic, outcome, interruption)
+    if "snapshot" in outcome.sections and not job.dump:
         LastSnapshots(settings.state_dir).remember(settings, job, repository, outcome.sections["snapshot"])
     outcome.finish(utc_now())
     return outcome
 
 
 def _read_restic_backup(
-    settings: Settings, restic: Completed, env: Dict[str, str], outcome: Outcome, fast: Optional[FastPath] = None
+    settings: Settings, plan: Plan, restic: Completed, outcome: Outcome, interruption: Interruption
 ) -> None:
-    if restic.exit_code == 3:
-        outcome.fail(
-            Problem("restic backup could not read some source data (incomplete snapshot)", 3, restic.stderr), "warning"
-        )
-    elif restic.exit_code != 0:
-        outcome.fail(Problem("restic backup exited %d" % restic.exit_code, restic.exit_code, restic.stderr))
     summary = backup_summary(restic.stdout)
+    if restic.exit_code != 0:
+        outcome.fail(_restic_problem(plan, restic, interruption), "warning" if restic.exit_code == 3 else "failure")
     if summary is None:
         if restic.exit_code in (0, 3):
             outcome.fail(Problem("restic backup printed no summary", restic.exit_code, restic.stderr))
         return
     outcome.sections["stats"] = stats_from_summary(summary)
-    short_id = summary.get("snapshot_id")
-    if short_id:
-        # any warning (a path restic skipped, say) may mean it stored other paths than planned
-        known = fast if restic.exit_code == 0 and not restic.stderr.strip() else None
-        snapshot = _known_snapshot(known, str(short_id)) or _snapshot(settings, env, short_id)
-        if snapshot is None:
-            outcome.fail(Problem("cannot read snapshot %s back from the repository" % short_id), "warning")
-        else:
-            outcome.sections["snapshot"] = snapshot
+    snapshot_id = summary.get("snapshot_id")
+    if not snapshot_id:
+        if restic.exit_code == 0 and plan.job.skip_if_unchanged:
+            sys.stderr.write("bk: nothing changed since the last snapshot: restic made no new one\n")
+        return
+    # any warning (a path restic skipped, say) may mean it stored other paths than planned
+    known = plan.fast if restic.exit_code == 0 and not restic.stderr.strip() else None
+    snapshot = _known_snapshot(known, str(snapshot_id)) or _snapshot(settings, plan.env, str(snapshot_id))
+    if snapshot is None:
+        outcome.fail(Problem("cannot read snapshot %s back from the repository" % snapshot_id), "warning")
+    else:
+        outcome.sections["snapshot"] = snapshot
+
+
+def _restic_problem(plan: Plan, restic: Completed, interruption: Interruption) -> Problem:
+    """restic's failure as a sentence with its cause, the same on restic 0.14 and 0.19."""
+    cause = failure_cause(restic.exit_code, restic.stderr)
+    if interruption.signal is not None:
+        cause = "interrupted"  # restic 0.18 exits 1 ("context canceled") where 0.14 and 0.19 exit 130
+    if cause is None and plan.job.dump and plan.features.stdin_from_command and "command failed" in restic.stderr:
+        cause = "dump_failed"
+    sentence = FAILURE_CAUSES.get(cause or "", "")
+    if cause == "dump_failed":
+        sentence = "the dump command failed, so restic stored no snapshot"
+    error = exit_error(restic.stderr)
+    if not sentence and error and isinstance(error.get("message"), str):
+        sentence = error["message"].splitlines()[0] if error["message"].strip() else ""
+    message = "restic backup exited %d" % restic.exit_code + (": " + sentence if sentence else "")
+    return Problem(message, restic.exit_code, restic.stderr, cause)
 
 
 def _snapshot(settings: Settings, env: Dict[str, str], short_id: str) -> Optional[Dict[str, Any]]:
-    """The full snapshot (``restic snapshots --json ID``): restic 0.14's summary has only the short id."""
+    """The full snapshot (``restic snapshots --json ID``) when bk-run could not fix its facts in advance."""
     completed = run(
         [settings.restic, "snapshots", "--json", "--no-lock", short_id], env=env, timeout=RESTIC_QUERY_TIMEOUT_SECONDS
     )
@@ -311,7 +457,7 @@ def _snapshot_key(job: Job, repository: Repository) -> str:
 
 
 def stored_paths(paths: List[str]) -> Optional[List[str]]:
-    """The paths restic 0.14 records for these targets (absolute, cleaned, sorted, duplicates kept),
+    """The paths restic records for these targets (absolute, cleaned, sorted, duplicates kept),
     or None when bk cannot be sure (a relative or uncleaned path, a tag-like oddity)."""
     for path in paths:
         if not path.startswith("/") or path.startswith("//") or os.path.normpath(path) != path:
@@ -339,7 +485,6 @@ def _fast_path(
     if job.dump or not _plain_tags(job.tags):
         return None
     paths = stored_paths(job.paths)
-    cache_dir = restic_cache_dir(env)
     try:
         key = _snapshot_key(job, repository)
         record = LastSnapshots(settings.state_dir).get(key)
@@ -347,30 +492,42 @@ def _fast_path(
     except (OSError, ValueError):
         return None
     parent = record.get("id")
-    if not (paths and cache_dir and repository_id and isinstance(parent, str) and _HEX64.match(parent)):
+    if not (paths and isinstance(parent, str) and _HEX64.match(parent)):
         return None
     if record.get("paths") != paths or record.get("host") != settings.host:
         return None
     moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
-    return FastPath(key, parent, paths, moment, repository_id, cache_dir, list(job.tags), started)
+    return FastPath(key, parent, paths, moment, repository_id, restic_cache_dir(env), list(job.tags), started)
 
 
-def _parent_gone(restic: Completed, parent: str) -> bool:
-    """restic refused ``--parent`` because that snapshot no longer exists, before backing anything up."""
-    fatal = 'Fatal: invalid id "%s": no matching ID found' % parent
-    return restic.exit_code == 1 and backup_summary(restic.stdout) is None and fatal in restic.stderr
+def _refused_parent(restic: Completed, parent: str) -> bool:
+    """restic refused ``--parent`` before backing anything up because it cannot load that snapshot:
+    restic 0.14 says ``Fatal: invalid id "<id>": no matching ID found``, 0.17+ ends with
+    ``{"message_type":"exit_error","code":1,"message":"failed to load snapshot <short id>: ..."}``."""
+    if not _failed_before_backing_up(restic):
+        return False
+    if 'Fatal: invalid id "%s"' % parent in restic.stderr:
+        return True
+    error = exit_error(restic.stderr)
+    message = error.get("message") if error else None
+    return isinstance(message, str) and message.startswith("failed to load snapshot %s" % parent[:8])
 
 
-def _known_snapshot(fast: Optional[FastPath], short_id: str) -> Optional[Dict[str, Any]]:
-    """The snapshot section from what bk-run fixed, once restic's cache proves the full id."""
+def _failed_before_backing_up(restic: Completed) -> bool:
+    return restic.exit_code not in (0, 3) and backup_summary(restic.stdout) is None
+
+
+def _known_snapshot(fast: Optional[FastPath], snapshot_id: str) -> Optional[Dict[str, Any]]:
+    """The snapshot section from what bk-run fixed, once the full id is certain: restic 0.15+ prints
+    it in the summary; for restic 0.14's short id, restic's cache proves it."""
     if fast is None:
         return None
-    snapshot_id = _cached_snapshot_id(fast, short_id)
-    if snapshot_id is None:
+    full_id = snapshot_id if _HEX64.match(snapshot_id) else _cached_snapshot_id(fast, snapshot_id)
+    if full_id is None:
         return None
     return {
-        "id": snapshot_id,
-        "short_id": snapshot_id[:8],
+        "id": full_id,
+        "short_id": full_id[:8],
         "paths": list(fast.paths),
         "tags": list(fast.tags),
         "parent": fast.parent,
@@ -379,9 +536,9 @@ def _known_snapshot(fast: Optional[FastPath], short_id: str) -> Optional[Dict[st
 
 
 def _cached_snapshot_id(fast: FastPath, short_id: str) -> Optional[str]:
-    """The full id of the snapshot file restic just wrote to its cache: the one file whose name starts
-    with the short id, whose contents hash to its name, written during this run."""
-    if not re.match(r"^[0-9a-f]{8}$", short_id):
+    """The full id of the snapshot file restic 0.14 just wrote to its cache: the one file whose name
+    starts with the short id, whose contents hash to its name, written during this run."""
+    if not (re.match(r"^[0-9a-f]{8}$", short_id) and fast.cache_dir and fast.repository_id):
         return None
     directory = os.path.join(fast.cache_dir, fast.repository_id, "snapshots", short_id[:2])
     try:
@@ -402,21 +559,24 @@ def _is_snapshot_file(path: str, name: str, started: float) -> bool:
 def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelopes]:
     """Run one backup job to every repository; one manifest per repository. The exit status."""
     started = utc_now()
-    tool_versions = in_background(tools, settings)  # `restic version` runs beside the backup
-    hook_env = child_environment({"BK_JOB": job.name})
-    pre_problem = run_commands(job.pre, hook_env, "pre", job.secrets())
+    features = ResticFeatures(restic_version(settings))
+    hook_env = hook_environment(job)
     outcomes: List[Tuple[Repository, Outcome]] = []
-    for repository in job.repositories:
-        if pre_problem:
-            outcome = Outcome(started)
-            outcome.fail(pre_problem)
-            outcome.finish(utc_now())
-        else:
-            outcome = _backup_one(settings, job, repository)
-        outcomes.append((repository, outcome))
-    status = exit_code(outcome.status for _repository, outcome in outcomes)
-    _run_post(job, hook_env, outcomes, status)
-    common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tool_versions()}
+    with Interruption() as interruption:
+        pre_problem = run_commands(job.pre, hook_env, "pre", job.secrets())
+        for repository in job.repositories:
+            if pre_problem or interruption.signal is not None:
+                outcome = Outcome(started if pre_problem else utc_now())
+                problem = pre_problem or Problem("interrupted before this repository", cause="interrupted")
+                outcome.fail(problem)
+                outcome.finish(utc_now())
+            else:
+                outcome = _backup_one(settings, job, repository, features, interruption)
+            _journal(job, repository, outcome)
+            outcomes.append((repository, outcome))
+        status = exit_code(outcome.status for _repository, outcome in outcomes)
+        _run_post(job, hook_env, outcomes, status)
+    common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tools(settings)}
     envelopes = [
         record_for_repository(
             recorder,
@@ -430,6 +590,14 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
         for repository, outcome in outcomes
     ]
     return status, [envelope for envelope in envelopes if envelope]
+
+
+def _journal(job: Job, repository: Repository, outcome: Outcome) -> None:
+    """Each problem of a repository's backup, one line on stderr (the journal), secrets masked."""
+    secrets = job.secrets()
+    for problem in outcome.problems:
+        line = "bk: %s %s to %s: %s\n" % (outcome.status, job.name, repository.name, problem.message)
+        sys.stderr.write(scrub(line, secrets))
 
 
 def _run_post(job: Job, hook_env: Dict[str, str], outcomes: List[Tuple[Repository, Outcome]], status: int) -> None:

@@ -1,7 +1,7 @@
 # Copyright: bk developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""bk manifest v1: the JSON Schema (single source of truth), a validator that interprets it,
-strict parsing, the canonical text that is signed and the chain hash."""
+"""bk manifest v1 and its compatible revision v1.1: the JSON Schema (single source of truth), a
+validator that interprets it, strict parsing, the canonical text that is signed and the chain hash."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import sys
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-SCHEMA = "bk.manifest/v1"
+# What a manifest written now says it is. v1.1 only adds optional fields to v1 (the figures of
+# restic 0.15+'s backup summary, ``error.cause``); every v1 manifest is a valid v1.1 manifest, so
+# readers accept both: ACCEPTED_SCHEMAS, oldest first.
+SCHEMA = "bk.manifest/v1.1"
+ACCEPTED_SCHEMAS = ("bk.manifest/v1", SCHEMA)
 KINDS = (
     "backup",
     "forget",
@@ -53,7 +57,7 @@ _RECEIPT_FILE = {
 JSON_SCHEMA: Dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://bkfleet.example/schema/manifest-v1.json",
-    "title": "bk manifest v1",
+    "title": "bk manifest v1 and v1.1",
     "description": (
         "What a machine of a bk fleet did: one backup, forget, prune, check, restore, drill, offsite copy, hub "
         "receipt or Ansible run. Signed (SSHSIG, namespace bk-manifest@v1) and chained per host by seq and prev. "
@@ -64,7 +68,12 @@ JSON_SCHEMA: Dict[str, Any] = {
     "required": ["schema", "id", "host", "seq", "prev", "kind", "status", "started_at", "finished_at"],
     "additionalProperties": True,
     "properties": {
-        "schema": {"type": "string", "enum": [SCHEMA]},
+        "schema": {
+            "type": "string",
+            "enum": list(ACCEPTED_SCHEMAS),
+            "description": "bk.manifest/v1.1 adds stats.data_added_packed, stats.backup_start, stats.backup_end "
+            "and error.cause to bk.manifest/v1",
+        },
         "id": {
             "type": "string",
             "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
@@ -116,9 +125,12 @@ JSON_SCHEMA: Dict[str, Any] = {
                 "data_blobs": _COUNT,
                 "tree_blobs": _COUNT,
                 "data_added": dict(_COUNT, description="bytes added to the repository"),
+                "data_added_packed": dict(_COUNT, description="v1.1, restic 0.15+: bytes added, as stored"),
                 "total_files_processed": _COUNT,
                 "total_bytes_processed": _COUNT,
                 "total_duration": dict(_SECONDS, description="seconds"),
+                "backup_start": dict(_TIMESTAMP, description="v1.1, restic 0.15+"),
+                "backup_end": dict(_TIMESTAMP, description="v1.1, restic 0.15+"),
             },
         },
         "cadence_seconds": {
@@ -132,6 +144,13 @@ JSON_SCHEMA: Dict[str, Any] = {
                 "exit_code": {"type": ["integer", "null"]},
                 "stderr_tail": {"type": "string", "maxLength": STDERR_TAIL_MAX, "description": "secrets scrubbed"},
                 "message": {"type": "string", "maxLength": 1024},
+                "cause": {
+                    "type": "string",
+                    "pattern": "^[a-z][a-z_]*$",
+                    "maxLength": 64,
+                    "description": "v1.1: what went wrong, for machines: no_repository, lock_failed, wrong_password, "
+                    "incomplete_snapshot, interrupted, parent_gone, dump_failed, option_unsupported",
+                },
             },
         },
         "tools": {

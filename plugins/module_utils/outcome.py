@@ -16,11 +16,13 @@ EXIT_CODES = {"success": 0, "warning": 3, "failure": 1}
 
 
 class Problem(NamedTuple):
-    """Something that went wrong: a sentence, the exit code involved, the program's output."""
+    """Something that went wrong: a sentence, the exit code involved, the program's output, and
+    the cause for machines (a word of the manifest's ``error.cause``) when one is known."""
 
     message: str
     exit_code: Optional[int] = None
     output: str = ""
+    cause: Optional[str] = None
 
 
 class Outcome:
@@ -49,11 +51,15 @@ class Outcome:
         output = "\n".join(problem.output.rstrip("\n") for problem in self.problems if problem.output)
         message = "; ".join(problem.message for problem in self.problems)
         codes = [problem.exit_code for problem in self.problems if problem.exit_code is not None]
-        return {
+        causes = [problem.cause for problem in self.problems if problem.cause]
+        section = {
             "exit_code": codes[0] if codes else None,
             "message": tail(scrub(message, secrets), MESSAGE_MAX),
             "stderr_tail": tail(scrub(output, secrets), STDERR_TAIL_MAX),
         }
+        if causes:
+            section["cause"] = causes[0]
+        return section
 
 
 def worst(statuses: Iterable[str]) -> str:

@@ -8,8 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
-import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .restic_output import tool_version
 
@@ -85,6 +84,20 @@ def child_environment(extra: Dict[str, str], drop: Tuple[str, ...] = ()) -> Dict
     return env
 
 
+# What hooks and dumps keep of the runner's environment: enough to find programs and speak the
+# locale, nothing of the secrets a unit's EnvironmentFile= gives restic (S3 keys, RESTIC_PASSWORD*).
+MINIMAL_VARIABLES = ("PATH", "HOME", "LANG", "TZ")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def minimal_environment(extra: Dict[str, str]) -> Dict[str, str]:
+    """``PATH`` (a standard one if unset), ``HOME``, ``LANG`` and ``TZ`` of the runner, and ``extra``."""
+    env = {key: os.environ[key] for key in MINIMAL_VARIABLES if key in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra)
+    return env
+
+
 def version_of(binary: str) -> Optional[str]:
     """The version a tool reports (``restic version``, ``rclone version``), None if it cannot run."""
     completed = run([binary, "version"], timeout=30)
@@ -93,17 +106,3 @@ def version_of(binary: str) -> Optional[str]:
 
 def python_version() -> str:
     return platform.python_version()
-
-
-def in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """Start ``function(*args)`` in a daemon thread; the returned callable waits for its result
-    (and calls the function itself if the thread failed)."""
-    results: List[Any] = []
-    thread = threading.Thread(target=lambda: results.append(function(*args)), daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join()
-        return results[0] if results else function(*args)
-
-    return result

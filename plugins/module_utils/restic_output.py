@@ -8,6 +8,10 @@ import json
 import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from .manifest import parse_timestamp
+
+# Figures of ``restic backup --json``'s summary, as numbers; restic 0.14 prints the first twelve,
+# 0.15+ also data_added_packed (bytes after compression, as stored).
 STATS_FIELDS = (
     "files_new",
     "files_changed",
@@ -18,10 +22,13 @@ STATS_FIELDS = (
     "data_blobs",
     "tree_blobs",
     "data_added",
+    "data_added_packed",
     "total_files_processed",
     "total_bytes_processed",
     "total_duration",
 )
+# restic 0.15+: when the backup ran, as RFC 3339 times
+STATS_TIMES = ("backup_start", "backup_end")
 SNAPSHOT_FIELDS = ("id", "short_id", "paths", "tags", "parent", "time")
 REDACTED = "***"
 _URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@")
@@ -52,8 +59,67 @@ def backup_summary(stdout: str) -> Optional[Dict[str, Any]]:
 
 
 def stats_from_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
-    """The manifest's ``stats`` section: restic's own figures, unchanged."""
-    return {name: summary[name] for name in STATS_FIELDS if isinstance(summary.get(name), (int, float))}
+    """The manifest's ``stats`` section: restic's own figures, unchanged.
+
+    A figure restic could not have meant is left out: restic 0.18's summary of a backup that
+    ``--skip-if-unchanged`` skipped says ``total_duration`` -9223372036.85 and ``backup_end``
+    ``0001-01-01T00:00:00Z`` (Go's zero time)."""
+    stats = {
+        name: summary[name]
+        for name in STATS_FIELDS
+        if isinstance(summary.get(name), (int, float))
+        and not isinstance(summary.get(name), bool)
+        and summary[name] >= 0
+    }
+    for name in STATS_TIMES:
+        value = summary.get(name)
+        if isinstance(value, str) and parse_timestamp(value) is not None and not value.startswith("0001-"):
+            stats[name] = value
+    return stats
+
+
+def restic_version_tuple(version: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``(0, 18)`` from ``0.18.0`` (what ``tool_version`` read from ``restic version``), None if unclear."""
+    match = re.match(r"^([0-9]+)\.([0-9]+)", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def exit_error(stderr: str) -> Optional[Dict[str, Any]]:
+    """The last ``{"message_type":"exit_error",...}`` restic 0.17+ prints on stderr with ``--json``."""
+    found = None
+    for message in _json_lines(stderr):
+        if message.get("message_type") == "exit_error":
+            found = message
+    return found
+
+
+# What restic's exit codes mean (restic 0.17+ has 10-12; 0.14 exits 1 and says so in text, matched below)
+FAILURE_CAUSES: Dict[str, str] = {
+    "no_repository": "the repository does not exist (was it initialised?)",
+    "lock_failed": "could not lock the repository",
+    "wrong_password": "the repository password is wrong",
+    "incomplete_snapshot": "incomplete snapshot: some source files could not be read",
+    "interrupted": "interrupted",
+}
+_CAUSE_BY_EXIT_CODE = {10: "no_repository", 11: "lock_failed", 12: "wrong_password", 3: "incomplete_snapshot"}
+_CAUSE_BY_TEXT = (
+    ("no_repository", re.compile(r"Fatal: unable to open config file: .*\nIs there a repository at the following")),
+    ("lock_failed", re.compile(r"unable to create lock in backend|repository is already locked")),
+    ("wrong_password", re.compile(r"Fatal: wrong password or no key found")),
+)
+
+
+def failure_cause(exit_code: int, stderr: str) -> Optional[str]:
+    """The cause (a key of ``FAILURE_CAUSES``) of a restic run that exited ``exit_code``, None if unknown."""
+    if exit_code == 130:
+        return "interrupted"
+    if exit_code in _CAUSE_BY_EXIT_CODE:
+        return _CAUSE_BY_EXIT_CODE[exit_code]
+    if exit_code == 1:
+        for cause, pattern in _CAUSE_BY_TEXT:
+            if pattern.search(stderr):
+                return cause
+    return None
 
 
 def parse_snapshots(stdout: str) -> List[Dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,6 +35,19 @@ def reporter(reporter_db: ReporterDatabase) -> Iterator[LiveReporter]:
 def client(reporter: LiveReporter) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=reporter.url, timeout=30) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def repository_template(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """An empty repository initialised by the given restic, made once per restic and session."""
+    made: dict[str, Path] = {}
+
+    def template(restic: str) -> Path:
+        if restic not in made:
+            made[restic] = initialized_repository(tmp_path_factory.mktemp("template"), restic)
+        return made[restic]
+
+    return template
 
 
 @pytest.fixture(scope="module")

@@ -1,29 +1,39 @@
-"""bk-run's fast path: the snapshot section from facts it fixed (--parent, --time) and restic's cache,
-checked against `restic snapshots --json` of a real restic 0.14 repository."""
+"""bk-run's fast path: the snapshot section from facts it fixed (--parent, --time) and the full id
+(from restic 0.15+'s summary, or restic 0.14's cache), checked against `restic snapshots --json`
+of real repositories of every restic in RESTIC_BUILDS."""
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from bk_evidence_testing import RESTIC, Host
 
-pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
 
-
-@pytest.fixture
-def host(tmp_path: Path, empty_repository: Path) -> Host:
-    host = Host(tmp_path, empty_repository)
-    calls = tmp_path / "restic-calls.log"
-    counting = tmp_path / "restic-counting"
+def counting_host(root: Path, template: Path, restic: str) -> Host:
+    host = Host(root, template, restic)
+    calls = root / "restic-calls.log"
+    counting = root / "restic-counting"
     counting.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {host.wrapper} "$@"\n')
     counting.chmod(0o755)
     host.settings(reporter_url=None, restic=str(counting))
     return host
+
+
+@pytest.fixture
+def host(tmp_path: Path, restic_build: str, repository_template: Callable[[str], Path]) -> Host:
+    """A host whose bk-run uses each restic in turn, on a repository that restic initialised."""
+    return counting_host(tmp_path, repository_template(restic_build), restic_build)
+
+
+@pytest.fixture
+def host_014(tmp_path: Path, empty_repository: Path) -> Host:
+    """A restic 0.14 host: only its summary lacks the full id, so only it reads restic's cache."""
+    return counting_host(tmp_path, empty_repository, RESTIC)
 
 
 def calls(host: Host) -> list[str]:
@@ -116,7 +126,8 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_doubtful_cache_file_falls_back(host: Host, damage: str) -> None:
+def test_a_doubtful_cache_file_falls_back(host_014: Host, damage: str) -> None:
+    host = host_014
     backup(host)
     damaging = host.root / "restic-damaging"
     damaging.write_text(
