@@ -383,10 +383,13 @@ class Host:
         job.update(changes)
         (self.config / "jobs" / f"{name}.json").write_text(json.dumps(job))
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        command = [sys.executable, "-m", "bk_evidence.runner", "--config", str(self.config), *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "bk_evidence.runner", "--config", str(self.config), *args]
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """bk-run with these arguments, in this process's environment plus ``env``."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(env or {}))
+        return subprocess.run(self.command(*args), env=env, capture_output=True, text=True, timeout=300, check=False)
 
     def outbox(self) -> list[dict]:
         outbox = self.root / "spool" / "outbox"

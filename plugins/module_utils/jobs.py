@@ -248,6 +248,7 @@ class Plan(NamedTuple):
     features: ResticFeatures
     env: Dict[str, str]
     fast: Optional[FastPath] = None
+    dump_errors: Optional[str] = None  # with --stdin-from-command: the file the dump's stderr goes to
 
 
 def backup_argv(settings: Settings, plan: Plan) -> List[str]:
@@ -275,10 +276,12 @@ def backup_argv(settings: Settings, plan: Plan) -> List[str]:
         argv += ["--limit-download", str(job.limit_download)]
     if job.skip_if_unchanged and plan.features.skip_if_unchanged:
         argv.append("--skip-if-unchanged")
-    if job.dump and plan.features.stdin_from_command:
-        # restic runs the dump itself and sees its exit status; env -i: the dump gets only its own variables
+    if job.dump and plan.dump_errors:
+        # restic runs the dump itself and sees its exit status; env -i: the dump gets only its own
+        # variables; its stderr goes to a file of bk-run's (restic 0.19 relays it, but not always all of it)
         assignments = ["%s=%s" % item for item in sorted(dump_environment(job).items())]
-        dump_argv = ["/usr/bin/env", "-i", *assignments, *argv_of(job.dump.command)]
+        to_file = ["/bin/sh", "-c", 'exec "$@" 2>>"$0"', plan.dump_errors]
+        dump_argv = ["/usr/bin/env", "-i", *assignments, *to_file, *argv_of(job.dump.command)]
         return [*argv, "--stdin-filename", job.dump.filename, "--stdin-from-command", "--", *dump_argv]
     if job.dump:
         return [*argv, "--stdin", "--stdin-filename", job.dump.filename]
@@ -301,11 +304,13 @@ def _is_summary(line: str) -> bool:
 
 def _run_restic_backup(settings: Settings, plan: Plan) -> Tuple[Optional[Completed], Optional[Completed]]:
     """restic's result (None if it did not run), and the dump command's when bk-run pipes a dump."""
-    argv = backup_argv(settings, plan)
     # restic parses --time in its local zone: UTC makes it the instant bk-run means
     env = dict(plan.env, TZ="UTC") if plan.fast else plan.env
-    if not plan.job.dump or plan.features.stdin_from_command:
-        return run_filtered(argv, _is_summary, env=env), None
+    if not plan.job.dump:
+        return run_filtered(backup_argv(settings, plan), _is_summary, env=env), None
+    if plan.features.stdin_from_command:
+        return _run_restic_dump(settings, plan, env)
+    argv = backup_argv(settings, plan)
     dump_command = plan.job.dump.command
     with tempfile.TemporaryFile() as dump_errors:
         try:
@@ -326,6 +331,24 @@ def _run_restic_backup(settings: Settings, plan: Plan) -> Tuple[Optional[Complet
             dump_code = dump.wait()
         dump_errors.seek(0)
         return restic, Completed(dump_code, "", dump_errors.read().decode("utf-8", "replace"))
+
+
+_DUMP_EXIT = re.compile(r"command failed: exit status ([0-9]+)")
+
+
+def _run_restic_dump(settings: Settings, plan: Plan, env: Dict[str, str]) -> Tuple[Completed, Completed]:
+    """``restic backup --stdin-from-command``: restic's result, and the dump's as restic saw it."""
+    handle, errors_path = tempfile.mkstemp(prefix="bk-dump-", suffix=".stderr")
+    try:
+        os.close(handle)
+        restic = run_filtered(backup_argv(settings, plan._replace(dump_errors=errors_path)), _is_summary, env=env)
+        with open(errors_path, encoding="utf-8", errors="replace") as errors:
+            dump_errors = errors.read()
+    finally:
+        os.unlink(errors_path)
+    failed = _DUMP_EXIT.search(restic.stderr)
+    dump_code = int(failed.group(1)) if failed else (1 if "command failed" in restic.stderr else 0)
+    return restic, Completed(dump_code, "", dump_errors)
 
 
 def _backup_one(
@@ -352,8 +375,8 @@ def _backup_one(
         RepositoryIds(settings.state_dir).forget(strip_url_credentials(repository.location()))
         plan = plan._replace(fast=None)
         restic, dump = _run_restic_backup(settings, plan)
-    elif fast and restic is not None and _failed_before_backing_up(restic):
-        # whatever went wrong, the next run must not depend on this parent again
+    elif fast and restic is not None and _failed_before_backing_up(restic) and not _known_failure(restic):
+        # a failure bk-run cannot name may be the parent's: the next run must not depend on it again
         LastSnapshots(settings.state_dir).forget(fast.key)
     if dump is not None and dump.exit_code != 0:
         outcome.fail(Problem("dump command exited %d" % dump.exit_code, dump.exit_code, dump.stderr, "dump_failed"))
@@ -511,6 +534,11 @@ def _refused_parent(restic: Completed, parent: str) -> bool:
     error = exit_error(restic.stderr)
     message = error.get("message") if error else None
     return isinstance(message, str) and message.startswith("failed to load snapshot %s" % parent[:8])
+
+
+def _known_failure(restic: Completed) -> bool:
+    """A failure that has nothing to do with the parent (no repository, a lock, the password, a signal)."""
+    return failure_cause(restic.exit_code, restic.stderr) is not None
 
 
 def _failed_before_backing_up(restic: Completed) -> bool:

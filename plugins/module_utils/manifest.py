@@ -149,7 +149,7 @@ JSON_SCHEMA: Dict[str, Any] = {
                     "pattern": "^[a-z][a-z_]*$",
                     "maxLength": 64,
                     "description": "v1.1: what went wrong, for machines: no_repository, lock_failed, wrong_password, "
-                    "incomplete_snapshot, interrupted, parent_gone, dump_failed, option_unsupported",
+                    "incomplete_snapshot, interrupted, dump_failed, option_unsupported",
                 },
             },
         },

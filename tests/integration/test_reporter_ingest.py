@@ -98,6 +98,15 @@ def test_every_key_type_ssh_keygen_makes_is_accepted(
         assert_answer(post(client, host.envelope()), 201, "stored")
 
 
+def test_both_manifest_versions_are_stored_and_no_other(client: httpx.Client, web1: Host) -> None:
+    assert_answer(post(client, web1.envelope(schema="bk.manifest/v1")), 201, "stored")
+    newer_stats = {"data_added": 10, "data_added_packed": 8, "backup_start": "2026-12-03T10:26:43.612085337Z"}
+    newer = web1.envelope(schema="bk.manifest/v1.1", stats=newer_stats, error={"cause": "incomplete_snapshot"})
+    assert_answer(post(client, newer), 201, "stored")
+    unknown = web1.text(schema="bk.manifest/v2")
+    assert_answer(post(client, {"manifest": unknown, "signature": web1.sign(unknown)}), 422, "schema_violation")
+
+
 def test_a_retry_with_identical_bytes_answers_200_and_stores_nothing(
     client: httpx.Client, reporter: LiveReporter, web1: Host
 ) -> None:

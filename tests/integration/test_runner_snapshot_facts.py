@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -152,3 +153,17 @@ def test_dump_jobs_always_read_back(host: Host) -> None:
     backup(host)
     backup(host)
     assert calls(host) == ["backup", "snapshots", "cat", "backup", "snapshots"]
+
+
+def test_a_damaged_parent_never_fails_a_run(host: Host) -> None:
+    """Whether restic reads the parent from its cache (0.18, 0.19 here) or ignores it (0.14), or
+    refuses it (0.18+ without a cached copy): the run succeeds and says what restic stored."""
+    backup(host)
+    parent = host.repository / "snapshots" / backup(host)["snapshot"]["id"]
+    parent.chmod(0o600)
+    parent.write_bytes(os.urandom(300))
+    doc = backup(host)
+    assert doc["status"] == "success"
+    assert doc["snapshot"]["parent"] in (None, parent.name)
+    (host.data / "file1").write_bytes(b"changed")
+    assert backup(host)["status"] == "success"

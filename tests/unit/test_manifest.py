@@ -1,4 +1,4 @@
-"""Manifest schema v1: one source of truth, a validator that agrees with jsonschema, strict parsing."""
+"""Manifest schema v1 and v1.1: one source of truth, a validator that agrees with jsonschema, strict parsing."""
 
 from __future__ import annotations
 
@@ -80,6 +80,19 @@ VALID = {
         ansible_run={"playbook": "site.yml", "hosts": ["web1"], "counts": {"ok": 3}, "duration_seconds": 2.5},
     ),
     "integer-valued float": required_only(seq=2.0),
+    "v1.1 backup with restic 0.18's figures and a cause": required_only(
+        schema="bk.manifest/v1.1",
+        stats={
+            "data_added_packed": 848,
+            "backup_start": "2026-12-03T10:28:55.671148904Z",
+            "backup_end": "2026-12-03T10:28:56Z",
+        },
+        error={
+            "exit_code": 12,
+            "message": "restic backup exited 12: the repository password is wrong",
+            "cause": "wrong_password",
+        },
+    ),
 }
 
 INVALID = {
@@ -104,7 +117,18 @@ INVALID = {
     "bad host name": required_only(host="web 1"),
     "zero cadence": required_only(cadence_seconds=0),
     "mode": required_only(offsite={"destination": "b2", "mode": "sync"}),
+    "negative packed size": required_only(schema="bk.manifest/v1.1", stats={"data_added_packed": -1}),
+    "backup_start not a time": required_only(stats={"backup_start": "yesterday"}),
+    "cause not a word": required_only(error={"cause": "Wrong Password!"}),
 }
+
+
+def test_new_manifests_are_v1_1_and_readers_accept_v1_too() -> None:
+    doc = manifest.new_manifest("backup", "success", "2024-05-01T00:00:00Z", "2024-05-01T00:00:01Z")
+    assert doc["schema"] == manifest.SCHEMA == "bk.manifest/v1.1"
+    assert manifest.ACCEPTED_SCHEMAS == ("bk.manifest/v1", "bk.manifest/v1.1")
+    for schema in manifest.ACCEPTED_SCHEMAS:
+        assert manifest.validate(required_only(schema=schema)) == []
 
 
 def test_published_schema_is_generated_from_the_code() -> None:
@@ -170,6 +194,10 @@ PATHS = sorted(
         ("snapshot", "tags"),
         ("stats", "files_new"),
         ("stats", "total_duration"),
+        ("stats", "data_added_packed"),
+        ("stats", "backup_start"),
+        ("error", "cause"),
+        ("schema",),
         ("error", "exit_code"),
         ("tools", "restic"),
         ("tools", "new_tool"),

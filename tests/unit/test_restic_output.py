@@ -1,4 +1,5 @@
-"""Parsing restic/rclone output (samples captured from restic 0.14.0) and scrubbing secrets."""
+"""Parsing restic/rclone output (samples captured from restic 0.14.0, 0.18.0 and 0.19.1) and
+scrubbing secrets."""
 
 from __future__ import annotations
 
@@ -23,6 +24,33 @@ SUMMARY = {
     "total_bytes_processed": 3,
     "total_duration": 0.216710511,
     "snapshot_id": "65ae9c44",
+}
+# restic 0.18.0 and 0.19.1 print the same fields
+SUMMARY_0_18 = dict(
+    SUMMARY,
+    data_added_packed=5662,
+    backup_start="2026-12-03T10:26:43.612085337Z",
+    backup_end="2026-12-03T10:26:44.291207346Z",
+    snapshot_id="f7e74bdf1491ac3a87f6962bfea915107932c54e4aebf5074f46912f8c9f3bd5",
+)
+# restic 0.18.0, backup --skip-if-unchanged of unchanged files: no snapshot, and two figures it cannot mean
+SKIPPED_0_18 = {
+    "message_type": "summary",
+    "files_new": 0,
+    "files_changed": 0,
+    "files_unmodified": 2,
+    "dirs_new": 0,
+    "dirs_changed": 0,
+    "dirs_unmodified": 1,
+    "data_blobs": 0,
+    "tree_blobs": 0,
+    "data_added": 0,
+    "data_added_packed": 0,
+    "total_files_processed": 2,
+    "total_bytes_processed": 5100,
+    "total_duration": -9223372036.854776,
+    "backup_start": "2026-12-03T10:28:56.254579827Z",
+    "backup_end": "0001-01-01T00:00:00Z",
 }
 STATUS = {"message_type": "status", "percent_done": 0.5, "total_files": 1, "bytes_done": 1}
 SNAPSHOT = {
@@ -54,9 +82,69 @@ def test_backup_summary_is_the_last_summary_line() -> None:
 
 def test_stats_keep_restic_figures_only() -> None:
     stats = restic_output.stats_from_summary(SUMMARY)
-    assert set(stats) == set(restic_output.STATS_FIELDS)
+    assert set(stats) == set(restic_output.STATS_FIELDS) - {"data_added_packed"}
     assert stats["total_duration"] == SUMMARY["total_duration"]
     assert "snapshot_id" not in stats
+
+
+def test_stats_keep_every_figure_of_restic_0_18() -> None:
+    stats = restic_output.stats_from_summary(SUMMARY_0_18)
+    assert stats == {name: value for name, value in SUMMARY_0_18.items() if name not in ("message_type", "snapshot_id")}
+    assert {"data_added_packed", "backup_start", "backup_end"} <= set(stats)
+
+
+def test_stats_leave_out_figures_restic_0_18_cannot_mean() -> None:
+    stats = restic_output.stats_from_summary(SKIPPED_0_18)
+    assert "total_duration" not in stats and "backup_end" not in stats
+    assert stats["backup_start"] == SKIPPED_0_18["backup_start"] and stats["files_unmodified"] == 2
+
+
+# what each restic printed on stderr for each failure (restic ... backup --json)
+FAILURES = [
+    (
+        "no_repository",
+        1,
+        "Fatal: unable to open config file: stat /r/config: no such file or directory\n"
+        "Is there a repository at the following location?\n/r\n",
+    ),
+    (
+        "no_repository",
+        10,
+        '{"message_type":"exit_error","code":10,"message":"Fatal: repository does not exist: '
+        'unable to open config file: stat /r/config: no such file or directory"}\n',
+    ),
+    ("wrong_password", 1, "Fatal: wrong password or no key found\n"),
+    (
+        "wrong_password",
+        12,
+        '{"message_type":"exit_error","code":12,"message":"Fatal: wrong password or no key found"}\n',
+    ),
+    ("lock_failed", 1, "unable to create lock in backend: repository is already locked exclusively by PID 6241\n"),
+    ("lock_failed", 11, '{"message_type":"exit_error","code":11,"message":"unable to create lock in backend"}\n'),
+    ("incomplete_snapshot", 3, "Warning: at least one source file could not be read\n"),
+    ("interrupted", 130, "signal interrupt received, cleaning up\n"),
+    (None, 1, "Fatal: unable to save snapshot: context canceled\n"),
+]
+
+
+@pytest.mark.parametrize(("cause", "code", "stderr"), FAILURES)
+def test_failure_causes_are_the_same_on_every_restic(cause: str | None, code: int, stderr: str) -> None:
+    assert restic_output.failure_cause(code, stderr) == cause
+    if cause:
+        assert restic_output.FAILURE_CAUSES[cause]
+
+
+def test_exit_error_is_restics_last_word() -> None:
+    stderr = 'Load(<snapshot/12345678>) failed\n{"message_type":"exit_error","code":1,"message":"failed to load"}\n'
+    assert restic_output.exit_error(stderr) == {"message_type": "exit_error", "code": 1, "message": "failed to load"}
+    assert restic_output.exit_error("Fatal: invalid id\n") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "found"), [("0.14.0", (0, 14)), ("0.19.1", (0, 19)), ("1.0.0-dev", (1, 0)), (None, None)]
+)
+def test_restic_version_tuple(text: str | None, found: tuple[int, int] | None) -> None:
+    assert restic_output.restic_version_tuple(text) == found
 
 
 def test_snapshot_section() -> None:
