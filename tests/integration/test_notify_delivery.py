@@ -1,0 +1,240 @@
+"""Notifications over real protocols on loopback: a signed failing manifest is ingested by the live
+reporter, the evaluator decides, Apprise delivers to an HTTP receiver (ntfy, JSON webhook) and to an
+aiosmtpd SMTP server; the history is append-only and one evaluator runs at a time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+from reporter_fixtures import Host, ReporterDatabase
+
+from bk_reporter.notify import store
+from bk_reporter.notify.channels import Route, send
+from bk_reporter.notify.evaluator import backoff, evaluate_once
+from bk_reporter.notify.lifecycle import Policy
+
+NOW_POLICY = Policy(fire_after=timedelta(0))
+CAUSE = "Fatal: unable to open config file: rest:https://bk:hunter2@hub.example:8000/web1/ connection refused"
+
+
+@dataclass
+class Received:
+    posts: list[tuple[str, dict]] = field(default_factory=list)
+    mails: list = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
+    arrived_at: list[float] = field(default_factory=list)
+
+    def note(self) -> None:
+        self.arrived_at.append(time.monotonic())
+        self.arrived.set()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def received() -> Received:
+    return Received()
+
+
+@pytest.fixture
+def http_receiver(received: Received) -> Iterator[int]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.posts.append((self.path, json.loads(body)))
+            received.note()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def smtp_receiver(received: Received) -> Iterator[int]:
+    class Handler:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            received.mails.append(envelope)
+            received.note()
+            return "250 OK"
+
+    port = _free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port
+    controller.stop()
+
+
+@pytest.fixture
+def routes(http_receiver: int, smtp_receiver: int) -> list[Route]:
+    return [
+        Route("ntfy", (f"ntfy://127.0.0.1:{http_receiver}/bk-alerts",)),
+        Route("webhook", (f"json://127.0.0.1:{http_receiver}/hook",)),
+        Route(
+            "mail",
+            (f"mailto://127.0.0.1:{smtp_receiver}?from=bk@example.org&to=ops@example.org",),
+            severities=frozenset({"critical", "security"}),
+        ),
+    ]
+
+
+def _ingest(reporter_url: str, host: Host, **fields: object) -> float:
+    envelope = host.envelope(**fields)  # signed by ssh-keygen before the clock starts
+    started = time.monotonic()
+    response = httpx.post(f"{reporter_url}/api/v1/manifests", json=envelope, timeout=30)
+    assert response.status_code in (200, 201), response.text
+    return started
+
+
+def _failing(host: Host) -> dict:
+    return {"status": "failure", "snapshot": None, "stats": None, "error": {"exit_code": 1, "message": CAUSE}}
+
+
+def _outcomes(url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT route, kind, outcome FROM notification_delivery_state ORDER BY transition_id, route"
+        ).fetchall()
+
+
+def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_and_email_then_recovers(
+    reporter, web1: Host, reporter_db: ReporterDatabase, routes: list[Route], received: Received
+):
+    started = _ingest(reporter.url, web1, **_failing(web1))
+    result = evaluate_once(reporter_db.app_url, routes, datetime.now(UTC), policy=NOW_POLICY)
+    assert result.evaluated and result.transitions == 1 and result.sent == 3 and result.failed == 0
+    latency = max(received.arrived_at) - started
+    print(f"failing manifest ingest -> last message received: {latency * 1000:.1f} ms")
+
+    by_path = {path: body for path, body in received.posts}
+    ntfy, hook = by_path["/"], by_path["/hook"]
+    assert ntfy["topic"] == "bk-alerts"
+    assert ntfy["title"] == hook["title"] == "[bk] PROBLEM: web1/home failing"
+    for body in (ntfy["message"], hook["message"]):
+        assert body.startswith("web1 job home: latest run failed: Fatal: unable to open config file")
+        assert "connection refused" in body and "hunter2" not in body
+    assert hook["type"] == "failure" and hook["version"] == "1.0"
+    (mail,) = received.mails
+    assert mail.mail_from == "bk@example.org" and mail.rcpt_tos == ["ops@example.org"]
+    parsed = message_from_bytes(mail.content, policy=email_policy)
+    assert parsed["Subject"] == "[bk] PROBLEM: web1/home failing"
+    assert "hunter2" not in mail.content.decode()
+    assert _outcomes(reporter_db.app_url) == [
+        ("mail", "fire", "sent"),
+        ("ntfy", "fire", "sent"),
+        ("webhook", "fire", "sent"),
+    ]
+
+    again = evaluate_once(reporter_db.app_url, routes, datetime.now(UTC), policy=NOW_POLICY)
+    assert (again.transitions, again.sent) == (0, 0)
+    assert len(received.posts) == 2 and len(received.mails) == 1
+
+    _ingest(reporter.url, web1)
+    recovered = evaluate_once(reporter_db.app_url, routes, datetime.now(UTC), policy=NOW_POLICY)
+    assert (recovered.transitions, recovered.sent) == (1, 3)
+    assert {body["title"] for _, body in received.posts[2:]} == {"[bk] RESOLVED: web1/home failing"}
+
+
+def test_crash_between_send_and_record_repeats_the_message_never_drops_it(
+    reporter, web1: Host, reporter_db: ReporterDatabase, routes: list[Route], received: Received
+):
+    _ingest(reporter.url, web1, **_failing(web1))
+    webhook = [r for r in routes if r.name == "webhook"]
+
+    def send_then_crash(route: Route, title: str, body: str, severity: str) -> str | None:
+        send(route, title, body, severity)
+        raise SystemExit("killed after sending, before recording")
+
+    with pytest.raises(SystemExit):
+        evaluate_once(reporter_db.app_url, webhook, datetime.now(UTC), policy=NOW_POLICY, sender=send_then_crash)
+    assert _outcomes(reporter_db.app_url) == [("webhook", "fire", "pending")]
+    result = evaluate_once(reporter_db.app_url, webhook, datetime.now(UTC), policy=NOW_POLICY)
+    assert (result.transitions, result.sent) == (0, 1)
+    assert [body["title"] for _, body in received.posts] == ["[bk] PROBLEM: web1/home failing"] * 2
+    assert _outcomes(reporter_db.app_url) == [("webhook", "fire", "sent")]
+
+
+def test_a_failing_channel_is_retried_with_backoff_and_its_failure_is_recorded_masked(
+    reporter, web1: Host, reporter_db: ReporterDatabase
+):
+    _ingest(reporter.url, web1, **_failing(web1))
+    dead = [Route("dead", (f"json://bk:token123@127.0.0.1:{_free_port()}/hook",))]
+    now = datetime.now(UTC)
+    first = evaluate_once(reporter_db.app_url, dead, now, policy=NOW_POLICY)
+    assert (first.sent, first.failed) == (0, 1)
+    assert "token123" not in " ".join(first.errors) and "json://***" in first.errors[0]
+    assert evaluate_once(reporter_db.app_url, dead, now + backoff(1) / 2, policy=NOW_POLICY).failed == 0
+    assert evaluate_once(reporter_db.app_url, dead, now + backoff(1), policy=NOW_POLICY).failed == 1
+    with psycopg.connect(reporter_db.app_url) as conn:
+        rows = conn.execute("SELECT attempt, outcome, error FROM notification_attempts ORDER BY id").fetchall()
+    assert [(a, o) for a, o, _ in rows] == [(1, "pending"), (1, "failed"), (2, "failed")]
+    assert all("token123" not in (error or "") for _, _, error in rows)
+
+
+def test_two_evaluators_on_one_database_never_evaluate_at_once(reporter_db: ReporterDatabase):
+    with psycopg.connect(reporter_db.app_url, autocommit=True) as other, store.evaluator_lock(other) as held:
+        assert held
+        assert evaluate_once(reporter_db.app_url, [], datetime.now(UTC)).evaluated is False
+    assert evaluate_once(reporter_db.app_url, [], datetime.now(UTC)).evaluated is True
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE alert_transitions SET kind = 'recover'",
+        "DELETE FROM alert_transitions",
+        "UPDATE notification_attempts SET outcome = 'sent'",
+        "DELETE FROM notification_attempts",
+        "TRUNCATE alert_silences",
+        "UPDATE alert_silences SET until = now()",
+    ],
+)
+def test_the_application_role_cannot_rewrite_notification_history(
+    reporter, web1: Host, reporter_db: ReporterDatabase, statement: str
+):
+    _ingest(reporter.url, web1, **_failing(web1))
+    evaluate_once(
+        reporter_db.app_url,
+        [Route("dead", (f"json://127.0.0.1:{_free_port()}/",))],
+        datetime.now(UTC),
+        policy=NOW_POLICY,
+    )
+    with psycopg.connect(reporter_db.app_url) as conn:
+        store.add_silence(conn, "web1", "home", datetime.now(UTC) + timedelta(days=1), "rebuild")
+    before = _history(reporter_db.owner_url)
+    with psycopg.connect(reporter_db.app_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)
+    assert _history(reporter_db.owner_url) == before
+
+
+def _history(url: str) -> tuple:
+    with psycopg.connect(url) as conn:
+        return tuple(
+            conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            for table in ("alert_transitions", "notification_attempts", "alert_silences")
+        )
