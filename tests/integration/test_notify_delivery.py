@@ -5,7 +5,11 @@ aiosmtpd SMTP server; the history is append-only and one evaluator runs at a tim
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,17 +18,19 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
-from reporter_fixtures import Host, ReporterDatabase
+from reporter_fixtures import Host, ReporterDatabase, make_key
 
 from bk_reporter.notify import store
 from bk_reporter.notify.channels import Route, send
 from bk_reporter.notify.evaluator import backoff, evaluate_once
 from bk_reporter.notify.lifecycle import Policy
+from bk_reporter.pgcluster import LocalCluster
 
 NOW_POLICY = Policy(fire_after=timedelta(0))
 CAUSE = "Fatal: unable to open config file: rest:https://bk:hunter2@hub.example:8000/web1/ connection refused"
@@ -34,6 +40,7 @@ CAUSE = "Fatal: unable to open config file: rest:https://bk:hunter2@hub.example:
 class Received:
     posts: list[tuple[str, dict]] = field(default_factory=list)
     mails: list = field(default_factory=list)
+    pings: list[str] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
     arrived_at: list[float] = field(default_factory=list)
 
@@ -64,6 +71,11 @@ def http_receiver(received: Received) -> Iterator[int]:
             self.send_header("content-type", "application/json")
             self.end_headers()
             self.wfile.write(b"{}")
+
+        def do_GET(self) -> None:
+            received.pings.append(self.path)
+            self.send_response(200)
+            self.end_headers()
 
         def log_message(self, *args: object) -> None:
             pass
@@ -129,7 +141,10 @@ def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_a
     result = evaluate_once(reporter_db.app_url, routes, datetime.now(UTC), policy=NOW_POLICY)
     assert result.evaluated and result.transitions == 1 and result.sent == 3 and result.failed == 0
     latency = max(received.arrived_at) - started
-    print(f"failing manifest ingest -> last message received: {latency * 1000:.1f} ms")
+    print(
+        f"failing manifest ingest -> last message received: {latency * 1000:.1f} ms;",
+        [f"{(t - started) * 1000:.0f}" for t in received.arrived_at],
+    )
 
     by_path = {path: body for path, body in received.posts}
     ntfy, hook = by_path["/"], by_path["/hook"]
@@ -238,3 +253,43 @@ def _history(url: str) -> tuple:
             conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
             for table in ("alert_transitions", "notification_attempts", "alert_silences")
         )
+
+
+def _bk_reporter(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BK_REPORTER_")}
+    command = [str(Path(sys.executable).parent / "bk-reporter"), *args, "--data-dir", str(data_dir)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+
+def test_cli_notify_refuses_a_readable_routes_file_then_tells_pings_and_honours_a_cli_silence(
+    tmp_path: Path, http_receiver: int, received: Received
+):
+    data_dir = Path(tempfile.mkdtemp(prefix="bk-notify-"))
+    data_dir.chmod(0o755)
+    try:
+        for name in ("web1", "web2"):
+            key = make_key(tmp_path, name)
+            public = Path(f"{key}.pub").read_text().strip()
+            assert _bk_reporter(data_dir, "hosts", "add", name, "--key", public).returncode == 0
+        routes = tmp_path / "routes.yml"
+        routes.write_text(f"routes:\n  hook:\n    urls: ['json://127.0.0.1:{http_receiver}/hook']\n")
+        routes.chmod(0o644)
+        refused = _bk_reporter(data_dir, "notify", "--routes", str(routes), "--once")
+        assert refused.returncode == 2 and "chmod 600" in refused.stderr
+        assert received.posts == []
+
+        past = _bk_reporter(data_dir, "silence", "web2", "--until", "2020-01-01")
+        assert past.returncode == 2 and "in the past" in past.stderr
+        silenced = _bk_reporter(data_dir, "silence", "web2", "--until", "2099-12-24", "--reason", "rebuild")
+        assert silenced.returncode == 0, silenced.stderr
+        routes.chmod(0o600)
+        ping = f"http://127.0.0.1:{http_receiver}/ping/abc"
+        told = _bk_reporter(
+            data_dir, "notify", "--routes", str(routes), "--once", "--fire-after", "0", "--healthcheck-url", ping
+        )
+        assert told.returncode == 0, told.stderr
+        assert [body["title"] for _, body in received.posts] == ["[bk] PROBLEM: web1 never_reported"]
+        assert received.pings == ["/ping/abc"]
+    finally:
+        LocalCluster.under(data_dir / "postgres").stop()
+        subprocess.run(["rm", "-rf", str(data_dir)], check=True)
