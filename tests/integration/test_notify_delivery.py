@@ -293,3 +293,27 @@ def test_cli_notify_refuses_a_readable_routes_file_then_tells_pings_and_honours_
     finally:
         LocalCluster.under(data_dir / "postgres").stop()
         subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+
+
+def test_notifications_page_api_and_metrics_show_what_was_sent_and_what_failed(
+    reporter, web1: Host, reporter_db: ReporterDatabase, routes: list[Route]
+):
+    _ingest(reporter.url, web1, **_failing(web1))
+    dead = Route("dead", (f"json://127.0.0.1:{_free_port()}/hook",))
+    webhook = next(r for r in routes if r.name == "webhook")
+    evaluate_once(reporter_db.app_url, [webhook, dead], datetime.now(UTC), policy=NOW_POLICY)
+    with httpx.Client(base_url=reporter.url, timeout=30) as http:
+        document = http.get("/api/v1/notifications").json()
+        page = http.get("/notifications")
+        metrics = http.get("/metrics").text
+        refused = http.post("/notifications", data={"host": "web1"})
+    outcomes = {(d["route"], d["outcome"], d["kind"]) for d in document["deliveries"]}
+    assert outcomes == {("webhook", "sent", "fire"), ("dead", "failed", "fire")}
+    (alert,) = document["alerts"]
+    assert (alert["host"], alert["job"], alert["condition"], alert["kind"]) == ("web1", "home", "failing", "fire")
+    assert page.status_code == 200 and 'data-route="dead" data-outcome="failed"' in page.text
+    assert "delivery failed" in page.text
+    assert 'bk_notifications_total{outcome="sent"} 1' in metrics
+    assert 'bk_notifications_total{outcome="failed"} 1' in metrics
+    assert "bk_notifications_undelivered 1" in metrics and "bk_alerts_firing 1" in metrics
+    assert refused.status_code == 405
