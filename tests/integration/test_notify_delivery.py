@@ -272,7 +272,10 @@ def test_cli_notify_refuses_a_readable_routes_file_then_tells_pings_and_honours_
             public = Path(f"{key}.pub").read_text().strip()
             assert _bk_reporter(data_dir, "hosts", "add", name, "--key", public).returncode == 0
         routes = tmp_path / "routes.yml"
-        routes.write_text(f"routes:\n  hook:\n    urls: ['json://127.0.0.1:{http_receiver}/hook']\n")
+        ping = f"http://127.0.0.1:{http_receiver}/ping/abc"
+        routes.write_text(
+            f"routes:\n  hook:\n    urls: ['json://127.0.0.1:{http_receiver}/hook']\nhealthcheck_url: {ping}\n"
+        )
         routes.chmod(0o644)
         refused = _bk_reporter(data_dir, "notify", "--routes", str(routes), "--once")
         assert refused.returncode == 2 and "chmod 600" in refused.stderr
@@ -283,10 +286,7 @@ def test_cli_notify_refuses_a_readable_routes_file_then_tells_pings_and_honours_
         silenced = _bk_reporter(data_dir, "silence", "web2", "--until", "2099-12-24", "--reason", "rebuild")
         assert silenced.returncode == 0, silenced.stderr
         routes.chmod(0o600)
-        ping = f"http://127.0.0.1:{http_receiver}/ping/abc"
-        told = _bk_reporter(
-            data_dir, "notify", "--routes", str(routes), "--once", "--fire-after", "0", "--healthcheck-url", ping
-        )
+        told = _bk_reporter(data_dir, "notify", "--routes", str(routes), "--once", "--fire-after", "0")
         assert told.returncode == 0, told.stderr
         assert [body["title"] for _, body in received.posts] == ["[bk] PROBLEM: web1 never_reported"]
         assert received.pings == ["/ping/abc"]

@@ -75,6 +75,18 @@ def parse_routes(document: Any) -> list[Route]:
 
 
 def load_routes(path: Path) -> list[Route]:
+    return parse_routes(_private_yaml(path))
+
+
+def load_healthcheck_url(path: Path) -> str | None:
+    """The routes file's optional `healthcheck_url` (a secret too: whoever has it can fake the ping)."""
+    value = _private_yaml(path).get("healthcheck_url")
+    if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+        raise RoutesError(f"{path}: healthcheck_url must be an http(s) URL")
+    return value or None
+
+
+def _private_yaml(path: Path) -> Any:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise RoutesError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 {path}")
@@ -82,7 +94,9 @@ def load_routes(path: Path) -> list[Route]:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise RoutesError(f"{path} is not YAML: {exc}") from exc
-    return parse_routes(document)
+    if not isinstance(document, Mapping):
+        raise RoutesError(f"{path} must be a mapping with a 'routes' mapping")
+    return document
 
 
 def send(route: Route, title: str, body: str, severity: str) -> str | None:

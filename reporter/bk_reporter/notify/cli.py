@@ -19,7 +19,7 @@ import psycopg
 
 from bk_reporter import db
 from bk_reporter.notify import store
-from bk_reporter.notify.channels import RoutesError, load_routes
+from bk_reporter.notify.channels import RoutesError, load_healthcheck_url, load_routes
 from bk_reporter.notify.evaluator import evaluate_once
 from bk_reporter.notify.lifecycle import Policy
 from bk_reporter.settings import Settings
@@ -34,7 +34,11 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     notify.add_argument("--once", action="store_true", help="evaluate once and exit")
     notify.add_argument("--repeat-interval", type=float, default=24.0, metavar="HOURS", help="repeat while bad")
     notify.add_argument("--fire-after", type=float, default=5.0, metavar="MINUTES", help="damp shorter flaps")
-    notify.add_argument("--healthcheck-url", default=None, help="Healthchecks-compatible ping after each evaluation")
+    notify.add_argument(
+        "--healthcheck-url",
+        default=None,
+        help="Healthchecks-compatible ping after each evaluation (default: the routes file's healthcheck_url)",
+    )
     silence = commands.add_parser("silence", parents=[common], help="silence a host (or one job) until a time")
     silence.add_argument("host")
     silence.add_argument("--job", default="", help="only this job (default: every job of the host)")
@@ -65,6 +69,7 @@ def _silence(settings: Settings, args: argparse.Namespace) -> int:
 def _notify(settings: Settings, args: argparse.Namespace) -> int:
     try:
         routes = load_routes(args.routes)
+        healthcheck_url = args.healthcheck_url or load_healthcheck_url(args.routes)
     except (RoutesError, OSError) as exc:
         print(f"bk-reporter notify: {exc}", file=sys.stderr)
         return 2
@@ -74,7 +79,7 @@ def _notify(settings: Settings, args: argparse.Namespace) -> int:
     with db.database(settings) as targets:
         while True:
             result = evaluate_once(
-                targets.app_url, routes, datetime.now(UTC), policy=policy, healthcheck_url=args.healthcheck_url
+                targets.app_url, routes, datetime.now(UTC), policy=policy, healthcheck_url=healthcheck_url
             )
             log.info(
                 "evaluation: evaluated=%s transitions=%d sent=%d failed=%d",
