@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bk_reporter.notify.alerts import Alert, alerts_from_rows, group_by_hub, hub_of, scrub
+from bk_reporter.notify.alerts import Alert, alerts_from_rows, group_by_hub, hub_of, hub_space_alert, scrub
 from bk_reporter.notify.lifecycle import Current, Policy, Silence, Transition, decide
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -137,3 +137,32 @@ def test_fleet_rows_become_alerts_with_a_scrubbed_cause_and_stable_keys():
 def test_scrub_bounds_length_and_hub_of_ignores_non_rest_repositories():
     assert len(scrub("x" * 1000)) == 300
     assert hub_of("s3:https://s3.example/bucket") is None
+
+
+def test_a_failing_drill_is_its_own_alert_beside_the_jobs_backup():
+    base = {
+        "host": "web1",
+        "job": "home",
+        "state": "failing",
+        "last_finished_at": T0,
+        "last_success_at": None,
+        "late_at": None,
+        "stale_at": None,
+        "chain_missing": 0,
+        "chain_breaks": 0,
+        "unconfirmed_snapshots": 0,
+        "enrolled_at": T0,
+        "oldest_unconfirmed_at": None,
+        "repository_url": None,
+        "cause": "restore differs",
+    }
+    alerts = alerts_from_rows([{**base, "kind": "backup"}, {**base, "kind": "drill"}])
+    assert sorted(a.condition for a in alerts) == ["drill_failing", "failing"]
+    assert next(a for a in alerts if a.condition == "drill_failing").summary.startswith("drill: web1 job home")
+
+
+def test_hub_free_space_below_ten_percent_alerts_and_a_receipt_without_figures_does_not():
+    low = hub_space_alert({"host": "hub", "finished_at": T0, "free": 5, "total": 100})
+    assert low is not None and low.key == ("hub", "", "hub_space") and "5.0 % free" in low.summary
+    assert hub_space_alert({"host": "hub", "finished_at": T0, "free": 50, "total": 100}) is None
+    assert hub_space_alert({"host": "hub", "finished_at": T0, "free": None, "total": None}) is None

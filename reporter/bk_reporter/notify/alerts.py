@@ -8,7 +8,7 @@ the evidence's own times, so a backlog that arrives late is judged by when thing
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -84,7 +84,16 @@ def _job_label(row: Mapping[str, Any]) -> str:
 
 
 def alert_from_row(row: Mapping[str, Any]) -> Alert | None:
-    """The alert a not-ok fleet_status row stands for."""
+    """The alert a not-ok fleet_status row stands for; a drill's or a check's condition says so
+    (drill_failing), so that it and the job's backup are two alerts."""
+    alert = _alert_from_row(row)
+    kind = row.get("kind")
+    if alert is None or kind in (None, "backup") or alert.condition not in ("failing", "overdue"):
+        return alert
+    return replace(alert, condition=f"{kind}_{alert.condition}", summary=f"{kind}: {alert.summary}")
+
+
+def _alert_from_row(row: Mapping[str, Any]) -> Alert | None:
     state, label = row["state"], _job_label(row)
     hub = hub_of(row.get("repository_url"))
     if state == "failing":
@@ -181,3 +190,30 @@ def group_by_hub(alerts: list[Alert], min_hosts: int = 2) -> list[Alert]:
 
 def held_by_group(alert: Alert, grouped_hubs: set[str]) -> bool:
     return alert.hub in grouped_hubs and alert.condition in HUB_EXPLAINED
+
+
+# The hub's free space, read defensively from its latest receipt: a receipt that carries no
+# numeric receipt.free and receipt.total (older hubs) gives no alert rather than a wrong one.
+HUB_SPACE_SQL = """
+SELECT DISTINCT ON (e.host) e.host, e.finished_at,
+       CASE WHEN jsonb_typeof(d #> '{receipt,free}') = 'number' THEN (d #>> '{receipt,free}')::numeric END AS free,
+       CASE WHEN jsonb_typeof(d #> '{receipt,total}') = 'number' THEN (d #>> '{receipt,total}')::numeric END AS total
+  FROM events e CROSS JOIN LATERAL bk_manifest_doc(e.manifest) d
+ WHERE e.kind = 'hub-receipt'
+ ORDER BY e.host, e.finished_at DESC
+"""
+
+
+def hub_space_alert(row: Mapping[str, Any], minimum_free_fraction: float = 0.10) -> Alert | None:
+    free, total = row.get("free"), row.get("total")
+    if free is None or not total or total <= 0 or free / total >= minimum_free_fraction:
+        return None
+    percent = float(free) / float(total) * 100
+    return Alert(
+        row["host"],
+        "",
+        "hub_space",
+        "critical",
+        f"hub {row['host']}: {percent:.1f} % free ({int(free)} of {int(total)} bytes)",
+        row["finished_at"],
+    )

@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bk_reporter.notify import store
-from bk_reporter.notify.alerts import FLEET_ROWS_SQL, alerts_from_rows, group_by_hub
+from bk_reporter.notify.alerts import FLEET_ROWS_SQL, HUB_SPACE_SQL, alerts_from_rows, group_by_hub, hub_space_alert
 from bk_reporter.notify.channels import Route, mask_url, send
 from bk_reporter.notify.lifecycle import Policy, decide, should_tell
 
@@ -50,6 +50,8 @@ def _decide_and_record(conn: psycopg.Connection, routes: Sequence[Route], now: d
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             bad = group_by_hub(alerts_from_rows(cur.execute(FLEET_ROWS_SQL).fetchall()))
+            spaces = (hub_space_alert(row) for row in cur.execute(HUB_SPACE_SQL).fetchall())
+            bad.extend(alert for alert in spaces if alert is not None)
         current = store.current_states(conn)
         transitions = decide(current, bad, store.active_silences(conn, now), now, policy)
         for transition in transitions:
