@@ -21,6 +21,7 @@ from bk_reporter.notify import store
 from bk_reporter.notify.alerts import FLEET_ROWS_SQL, HUB_SPACE_SQL, alerts_from_rows, group_by_hub, hub_space_alert
 from bk_reporter.notify.channels import Route, mask_url, send
 from bk_reporter.notify.lifecycle import Policy, decide, should_tell
+from bk_reporter.web.routes import NO_JIT
 
 log = logging.getLogger("bk_reporter.notify")
 
@@ -48,6 +49,7 @@ def _title(row: dict) -> str:
 
 def _decide_and_record(conn: psycopg.Connection, routes: Sequence[Route], now: datetime, policy: Policy) -> int:
     with conn.transaction():
+        conn.execute(NO_JIT)
         with conn.cursor(row_factory=dict_row) as cur:
             bad = group_by_hub(alerts_from_rows(cur.execute(FLEET_ROWS_SQL).fetchall()))
             spaces = (hub_space_alert(row) for row in cur.execute(HUB_SPACE_SQL).fetchall())
