@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
-from reporter_fixtures import Host, ReporterDatabase, make_key
+from reporter_fixtures import Host, ReporterDatabase, enroll, make_key
 
 from bk_reporter.notify import store
 from bk_reporter.notify.channels import Route, send
@@ -320,3 +320,22 @@ def test_notifications_page_api_and_metrics_show_what_was_sent_and_what_failed(
     assert 'bk_notifications_total{outcome="failed"} 1' in metrics
     assert "bk_notifications_undelivered 1" in metrics and "bk_alerts_firing 1" in metrics
     assert refused.status_code == 405
+
+
+def test_several_clients_failing_to_reach_one_hub_are_one_grouped_message_not_one_per_client(
+    reporter, reporter_db: ReporterDatabase, tmp_path: Path, routes: list[Route], received: Received
+):
+    clients = [Host(f"web{n}", make_key(tmp_path, f"web{n}")) for n in range(1, 4)]
+    for client in clients:
+        enroll(reporter_db.owner_url, client)
+        _ingest(reporter.url, client, **_failing(client))
+    webhook = [r for r in routes if r.name == "webhook"]
+    result = evaluate_once(reporter_db.app_url, webhook, datetime.now(UTC), policy=NOW_POLICY)
+    assert (result.transitions, result.sent) == (4, 1)
+    ((path, body),) = received.posts
+    assert path == "/hook"
+    assert body["title"] == "[bk] PROBLEM: hub.example:8000 hub_unreachable"
+    assert "3 hosts affected: web1, web2, web3" in body["message"]
+    with psycopg.connect(reporter_db.app_url) as conn:
+        held = conn.execute("SELECT host FROM alert_current_state WHERE kind = 'held' ORDER BY host").fetchall()
+    assert [host for (host,) in held] == ["web1", "web2", "web3"]

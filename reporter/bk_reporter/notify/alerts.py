@@ -41,9 +41,11 @@ SELECT f.host, coalesce(f.job, '') AS job, f.kind, f.state, f.last_finished_at, 
        (SELECT min(s.claimed_at) FROM snapshots s
          WHERE s.host = f.host AND s.job = f.job
            AND s.receipt_event_id IS NULL AND s.claim_event_id IS NOT NULL) AS oldest_unconfirmed_at,
-       (SELECT s.repository_url FROM snapshots s
-         WHERE s.host = f.host AND s.job = f.job AND s.repository_url LIKE 'rest:%%'
-         ORDER BY s.claimed_at DESC NULLS LAST LIMIT 1) AS repository_url,
+       coalesce((SELECT e.repository_url FROM events e
+                  WHERE e.id = f.last_event_id AND e.repository_url LIKE 'rest:%%'),
+                (SELECT s.repository_url FROM snapshots s
+                  WHERE s.host = f.host AND s.job = f.job AND s.repository_url LIKE 'rest:%%'
+                  ORDER BY s.claimed_at DESC NULLS LAST LIMIT 1)) AS repository_url,
        (SELECT coalesce(bk_manifest_doc(e.manifest) #>> '{error,message}',
                         bk_manifest_doc(e.manifest) #>> '{error,stderr_tail}') FROM events e
          WHERE e.id = f.last_event_id) AS cause
