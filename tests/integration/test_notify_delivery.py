@@ -339,3 +339,24 @@ def test_several_clients_failing_to_reach_one_hub_are_one_grouped_message_not_on
     with psycopg.connect(reporter_db.app_url) as conn:
         held = conn.execute("SELECT host FROM alert_current_state WHERE kind = 'held' ORDER BY host").fetchall()
     assert [host for (host,) in held] == ["web1", "web2", "web3"]
+
+
+def test_a_backlog_after_a_day_away_is_judged_by_the_manifests_times_without_a_storm(
+    reporter, reporter_db: ReporterDatabase, tmp_path: Path, routes: list[Route], received: Received
+):
+    recovered, broken = (Host(name, make_key(tmp_path, name)) for name in ("web1", "web2"))
+    for host in (recovered, broken):
+        enroll(reporter_db.owner_url, host)
+    # What the spools deliver when the reporter comes back: a day of manifests, oldest first.
+    _ingest(reporter.url, recovered, ago=timedelta(hours=20), **_failing(recovered))
+    # web1 backs up to a local repository: no hub receipt is expected of it.
+    _ingest(reporter.url, recovered, ago=timedelta(hours=10), repository={"name": "local", "url": "/srv/restic/web1"})
+    _ingest(reporter.url, broken, ago=timedelta(hours=20), **_failing(broken))
+    webhook = [r for r in routes if r.name == "webhook"]
+    result = evaluate_once(reporter_db.app_url, webhook, datetime.now(UTC), policy=Policy())
+    assert (result.transitions, result.sent) == (1, 1)
+    ((_, body),) = received.posts
+    assert body["title"] == "[bk] PROBLEM: web2/home failing"
+    with psycopg.connect(reporter_db.app_url) as conn:
+        (since,) = conn.execute("SELECT since FROM alert_current_state WHERE host = 'web2'").fetchone()
+    assert timedelta(hours=19) < datetime.now(UTC) - since < timedelta(hours=21)
