@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from . import fleet, metrics, openapi, store
 from .group_commit import GroupWriter
 from .ingest import EnrolledKey, KeyRing, Limits, Outcome, parse_json_body
+from .notify import web as notify_web
 from .receive import receive_with
 from .settings import Settings
 from .verifying import Verifier
@@ -297,8 +298,10 @@ class Reporter:
     async def metrics(self, request: Request) -> Response:
         jobs = await self._rows(metrics.METRICS_JOB_ROWS)
         hosts = await self._rows(metrics.METRICS_HOST_ROWS)
+        notifications = await notify_web.metrics_text(self.pool)
         return PlainTextResponse(
-            metrics.exposition(jobs, hosts, self.counters), media_type="text/plain; version=0.0.4; charset=utf-8"
+            metrics.exposition(jobs, hosts, self.counters) + notifications,
+            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
     async def health(self, request: Request) -> Response:
@@ -446,4 +449,5 @@ def create_app(settings: Settings, database_url: str, *, start_workers: bool = F
         bearer_token=settings.page_bearer_token,
     )
     install_pages(app, page_auth)
+    notify_web.install(app)
     return app

@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from . import __version__, db, fleet, hosts, logs, openapi
 from .app import create_app
 from .audit import audit
+from .notify import cli as notify_cli
 from .pgcluster import ClusterError
 from .settings import Settings, SettingsError, load
 
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     audited.add_argument("--json", action="store_true")
 
     commands.add_parser("openapi", parents=[common], help="print the OpenAPI document")
+    notify_cli.add_commands(commands, common)
     return parser
 
 
@@ -277,6 +279,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "status": _status,
     "audit": _audit,
     "openapi": _openapi,
+    **notify_cli.COMMANDS,
 }
 
 

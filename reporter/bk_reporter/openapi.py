@@ -285,6 +285,28 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/v1/notifications": {
+            "get": {
+                "summary": "Open alerts, the latest deliveries (route, outcome, error) and active silences",
+                "operationId": "listNotifications",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["generated_at", "alerts", "deliveries", "silences"],
+                            "properties": {
+                                "generated_at": {"type": "string", "format": "date-time"},
+                                "alerts": {"type": "array", "items": {"type": "object"}},
+                                "deliveries": {"type": "array", "items": {"type": "object"}},
+                                "silences": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "What the evaluator told, to which route, and how it went.",
+                    ),
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
         "/api/v1/events": {
             "get": {
                 "summary": "Stored manifests in (finished_at, id) order, a page at a time",

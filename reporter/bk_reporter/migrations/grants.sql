@@ -7,3 +7,5 @@ GRANT USAGE ON SCHEMA public TO {app};
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app};
 GRANT INSERT ON events TO {app};
 REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM {app};
+-- Notifications (0030): the evaluator appends transitions and delivery attempts, the CLI silences.
+GRANT INSERT ON alert_transitions, notification_attempts, alert_silences TO {app};

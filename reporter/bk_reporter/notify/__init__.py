@@ -1,0 +1,1 @@
+"""Notifications: fleet state turned into alerts, their lifecycle, and delivery through Apprise."""

@@ -1,0 +1,168 @@
+"""The alert lifecycle on a clock the test controls: fire, repeat, recover, flap, silence, grouping, backlog."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from bk_reporter.notify.alerts import Alert, alerts_from_rows, group_by_hub, hub_of, hub_space_alert, scrub
+from bk_reporter.notify.lifecycle import Current, Policy, Silence, Transition, decide
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+POLICY = Policy(repeat_interval=timedelta(hours=24), fire_after=timedelta(minutes=5))
+
+
+def failing(host: str = "web1", job: str = "home", since: datetime = T0, hub: str | None = None) -> Alert:
+    return Alert(host, job, "failing", "critical", f"{host} job {job}: latest run failed", since, hub)
+
+
+class Clock:
+    """The lifecycle's memory (alert_current_state) kept as the store keeps it, on a clock we move."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.current: dict[tuple[str, str, str], Current] = {}
+        self.log: list[Transition] = []
+
+    def step(self, bad: list[Alert], silences: tuple[Silence, ...] = (), advance: timedelta = timedelta(minutes=1)):
+        self.now += advance
+        transitions = decide(self.current, bad, silences, self.now, POLICY)
+        for t in transitions:
+            self.current[(t.host, t.job, t.condition)] = Current(t.kind, t.severity, t.summary, t.since, self.now)
+        self.log.extend(transitions)
+        return [t.kind for t in transitions]
+
+
+def test_fires_once_on_entering_the_bad_state_and_not_again_while_it_lasts():
+    clock = Clock()
+    alert = failing()
+    assert clock.step([alert], advance=timedelta(minutes=6)) == ["fire"]
+    assert clock.step([alert]) == []
+    assert clock.step([alert], advance=timedelta(hours=1)) == []
+
+
+def test_repeats_after_repeat_interval_while_still_bad():
+    clock = Clock()
+    alert = failing()
+    clock.step([alert], advance=timedelta(minutes=6))
+    assert clock.step([alert], advance=timedelta(hours=23, minutes=59)) == []
+    assert clock.step([alert], advance=timedelta(minutes=1)) == ["repeat"]
+    assert clock.step([alert], advance=timedelta(hours=1)) == []
+
+
+def test_recovery_is_sent_when_the_condition_clears_and_a_new_failure_fires_again():
+    clock = Clock()
+    clock.step([failing()], advance=timedelta(minutes=6))
+    assert clock.step([]) == ["recover"]
+    assert clock.log[-1].summary.startswith("resolved: ")
+    assert clock.step([]) == []
+    later = T0 + timedelta(hours=2)
+    assert clock.step([failing(since=later)], advance=timedelta(hours=3)) == ["fire"]
+
+
+def test_a_flap_shorter_than_fire_after_is_never_told():
+    clock = Clock()
+    blip = failing(since=T0 + timedelta(minutes=1))
+    assert clock.step([blip], advance=timedelta(minutes=2)) == []
+    assert clock.step([], advance=timedelta(minutes=1)) == []
+    assert clock.log == []
+
+
+def test_silence_from_the_cli_holds_a_job_until_its_time_then_it_fires():
+    clock = Clock()
+    silence = (Silence("web1", "home", T0 + timedelta(days=1)),)
+    assert clock.step([failing()], silence, advance=timedelta(minutes=6)) == ["silenced"]
+    assert clock.step([failing()], silence, advance=timedelta(hours=1)) == []
+    assert clock.step([failing()], silence, advance=timedelta(days=1)) == ["fire"]
+
+
+def test_a_host_wide_silence_covers_every_job_but_never_a_security_event():
+    forged = Alert("web1", "", "chain", "security", "web1: chain has 1 broken link(s)", T0)
+    kinds = decide(
+        {}, [failing(job="db"), forged], [Silence("web1", "", T0 + timedelta(days=3))], T0 + timedelta(hours=1), POLICY
+    )
+    assert {(t.job, t.condition, t.kind) for t in kinds} == {("db", "failing", "silenced"), ("", "chain", "fire")}
+
+
+def test_hub_unreachable_is_one_alert_and_holds_the_per_host_alerts_it_explains():
+    hub = "hub.example:8000"
+    bad = group_by_hub([failing(host=f"web{n}", hub=hub, since=T0 + timedelta(minutes=n)) for n in range(12)])
+    transitions = decide({}, bad, [], T0 + timedelta(hours=1), POLICY)
+    told = [t for t in transitions if t.kind == "fire"]
+    assert len(told) == 1
+    assert told[0].condition == "hub_unreachable" and told[0].host == hub
+    assert "unreachable since 2026-12-01 12:00 UTC, 12 hosts affected" in told[0].summary
+    assert sorted(t.host for t in transitions if t.kind == "held") == sorted(f"web{n}" for n in range(12))
+
+
+def test_one_failing_client_of_a_hub_is_told_as_itself_not_as_a_hub_outage():
+    bad = group_by_hub([failing(host="web1", hub="hub:8000"), failing(host="web2", hub="other:8000")])
+    assert {a.condition for a in bad} == {"failing"}
+
+
+def test_reporter_down_for_a_day_then_a_backlog_arrives_fires_only_what_is_still_wrong():
+    # While the reporter was down, web1 failed and recovered and web2 failed for good. The backlog
+    # leaves fleet_status with web2's latest run failing since yesterday, web1 ok.
+    clock = Clock()
+    yesterday = T0 - timedelta(days=1)
+    assert clock.step([failing(host="web2", since=yesterday)], advance=timedelta(days=1)) == ["fire"]
+    assert clock.log[0].since == yesterday  # judged by the manifest's own time
+    assert clock.step([failing(host="web2", since=yesterday)]) == []  # no repeat storm for the missed day
+
+
+def test_fleet_rows_become_alerts_with_a_scrubbed_cause_and_stable_keys():
+    row = {
+        "host": "web1",
+        "job": "home",
+        "kind": "backup",
+        "state": "failing",
+        "last_finished_at": T0,
+        "last_success_at": None,
+        "late_at": None,
+        "stale_at": None,
+        "chain_missing": 0,
+        "chain_breaks": 0,
+        "unconfirmed_snapshots": 0,
+        "enrolled_at": T0,
+        "oldest_unconfirmed_at": None,
+        "repository_url": "rest:https://bk:s3cret@hub.lan:8000/web1/",
+        "cause": "Fatal: unable to open rest:https://bk:s3cret@hub.lan:8000/web1/\x1b[31m\nconnection refused",
+    }
+    (alert,) = alerts_from_rows([row, dict(row)])
+    assert alert.key == ("web1", "home", "failing")
+    assert "s3cret" not in alert.summary and "\x1b" not in alert.summary and "\n" not in alert.summary
+    assert "connection refused" in alert.summary
+    assert alert.hub == "hub.lan:8000"
+
+
+def test_scrub_bounds_length_and_hub_of_ignores_non_rest_repositories():
+    assert len(scrub("x" * 1000)) == 300
+    assert hub_of("s3:https://s3.example/bucket") is None
+
+
+def test_a_failing_drill_is_its_own_alert_beside_the_jobs_backup():
+    base = {
+        "host": "web1",
+        "job": "home",
+        "state": "failing",
+        "last_finished_at": T0,
+        "last_success_at": None,
+        "late_at": None,
+        "stale_at": None,
+        "chain_missing": 0,
+        "chain_breaks": 0,
+        "unconfirmed_snapshots": 0,
+        "enrolled_at": T0,
+        "oldest_unconfirmed_at": None,
+        "repository_url": None,
+        "cause": "restore differs",
+    }
+    alerts = alerts_from_rows([{**base, "kind": "backup"}, {**base, "kind": "drill"}])
+    assert sorted(a.condition for a in alerts) == ["drill_failing", "failing"]
+    assert next(a for a in alerts if a.condition == "drill_failing").summary.startswith("drill: web1 job home")
+
+
+def test_hub_free_space_below_ten_percent_alerts_and_a_receipt_without_figures_does_not():
+    low = hub_space_alert({"host": "hub", "finished_at": T0, "free": 5, "total": 100})
+    assert low is not None and low.key == ("hub", "", "hub_space") and "5.0 % free" in low.summary
+    assert hub_space_alert({"host": "hub", "finished_at": T0, "free": 50, "total": 100}) is None
+    assert hub_space_alert({"host": "hub", "finished_at": T0, "free": None, "total": None}) is None
