@@ -360,3 +360,35 @@ def test_a_backlog_after_a_day_away_is_judged_by_the_manifests_times_without_a_s
     with psycopg.connect(reporter_db.app_url) as conn:
         (since,) = conn.execute("SELECT since FROM alert_current_state WHERE host = 'web2'").fetchone()
     assert timedelta(hours=19) < datetime.now(UTC) - since < timedelta(hours=21)
+
+
+def test_a_hub_receipt_showing_a_nearly_full_disk_fires_one_hub_space_alert(
+    reporter, reporter_db: ReporterDatabase, tmp_path: Path, routes: list[Route], received: Received
+):
+    hub = Host("hub", make_key(tmp_path, "hub"))
+    enroll(reporter_db.owner_url, hub)
+    receipt = {
+        "snapshots": [],
+        "verified": "sha256",
+        "disk": {"free_bytes": 3 * 2**30, "total_bytes": 100 * 2**30},
+    }
+    _ingest(
+        reporter.url,
+        hub,
+        kind="hub-receipt",
+        job=None,
+        cadence_seconds=None,
+        snapshot=None,
+        stats=None,
+        schema="bk.manifest/v1.1",
+        repository={"name": "web1", "url": "rest:https://hub.example:8000/web1/"},
+        receipt=receipt,
+    )
+    result = evaluate_once(reporter_db.app_url, routes, datetime.now(UTC), policy=NOW_POLICY)
+    with psycopg.connect(reporter_db.app_url) as conn:
+        firing = conn.execute(
+            "SELECT host, condition FROM alert_current_state WHERE kind IN ('fire', 'repeat')"
+        ).fetchall()
+    assert ("hub", "hub_space") in firing
+    assert any("3.0 % free" in body["message"] for _path, body in received.posts), received.posts
+    assert result.failed == 0

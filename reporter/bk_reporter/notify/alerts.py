@@ -195,11 +195,11 @@ def held_by_group(alert: Alert, grouped_hubs: set[str]) -> bool:
 
 
 # The hub's free space, read defensively from its latest receipt: a receipt that carries no
-# numeric receipt.free and receipt.total (older hubs) gives no alert rather than a wrong one.
+# numeric receipt.disk.free_bytes and total_bytes (older hubs) gives no alert rather than a wrong one.
 HUB_SPACE_SQL = """
 SELECT DISTINCT ON (e.host) e.host, e.finished_at,
-       CASE WHEN jsonb_typeof(d #> '{receipt,free}') = 'number' THEN (d #>> '{receipt,free}')::numeric END AS free,
-       CASE WHEN jsonb_typeof(d #> '{receipt,total}') = 'number' THEN (d #>> '{receipt,total}')::numeric END AS total
+       CASE WHEN jsonb_typeof(d #> '{receipt,disk,free_bytes}') = 'number' THEN (d #>> '{receipt,disk,free_bytes}')::numeric END AS free,
+       CASE WHEN jsonb_typeof(d #> '{receipt,disk,total_bytes}') = 'number' THEN (d #>> '{receipt,disk,total_bytes}')::numeric END AS total
   FROM events e CROSS JOIN LATERAL bk_manifest_doc(e.manifest) d
  WHERE e.kind = 'hub-receipt'
  ORDER BY e.host, e.finished_at DESC
