@@ -198,8 +198,10 @@ def held_by_group(alert: Alert, grouped_hubs: set[str]) -> bool:
 # numeric receipt.disk.free_bytes and total_bytes (older hubs) gives no alert rather than a wrong one.
 HUB_SPACE_SQL = """
 SELECT DISTINCT ON (e.host) e.host, e.finished_at,
-       CASE WHEN jsonb_typeof(d #> '{receipt,disk,free_bytes}') = 'number' THEN (d #>> '{receipt,disk,free_bytes}')::numeric END AS free,
-       CASE WHEN jsonb_typeof(d #> '{receipt,disk,total_bytes}') = 'number' THEN (d #>> '{receipt,disk,total_bytes}')::numeric END AS total
+       CASE WHEN jsonb_typeof(d #> '{receipt,disk,free_bytes}') = 'number'
+            THEN (d #>> '{receipt,disk,free_bytes}')::numeric END AS free,
+       CASE WHEN jsonb_typeof(d #> '{receipt,disk,total_bytes}') = 'number'
+            THEN (d #>> '{receipt,disk,total_bytes}')::numeric END AS total
   FROM events e CROSS JOIN LATERAL bk_manifest_doc(e.manifest) d
  WHERE e.kind = 'hub-receipt'
  ORDER BY e.host, e.finished_at DESC
