@@ -1245,8 +1245,12 @@ def parse_duration(value: str) -> dt.timedelta:
     return dt.timedelta(days=days, hours=hours)
 
 
-def expected_forget(snapshots: list[Json], policy: Json, group_by: str) -> tuple[set[str], set[str]]:
-    """restic's forget policy, applied independently: (kept ids, removed ids)."""
+def expected_forget(
+    snapshots: list[Json], policy: Json, group_by: str, keeps_oldest: bool = False
+) -> tuple[set[str], set[str]]:
+    """restic's forget policy, applied independently: (kept ids, removed ids). ``keeps_oldest``:
+    restic 0.17 and later also keep a group's oldest snapshot for a keep-<period> rule whose
+    count is not used up ("oldest daily snapshot"); 0.14 does not."""
     fields = [f.strip() for f in (group_by or "host,paths").split(",") if f.strip()]
     groups: dict[str, list[Json]] = {}
     for snap in snapshots:
@@ -1283,7 +1287,17 @@ def expected_forget(snapshots: list[Json], policy: Json, group_by: str) -> tuple
                         last[rule] = value
                         counters[rule] -= 1
             (kept if keep else removed).add(snap["id"])
+        if keeps_oldest and any(counters.get(rule, 0) > 0 for rule in _bucketers() if rule != "keep_last"):
+            removed.discard(members[-1]["id"])
+            kept.add(members[-1]["id"])
     return kept, removed
+
+
+def hub_restic_keeps_oldest(hub: str) -> bool:
+    """Whether the hub's restic keeps the oldest snapshot of an unfilled keep-<period> rule (0.17+)."""
+    words = run(hub, ["restic", "version"]).stdout.decode().split()
+    major, minor = (int(part) for part in words[1].split(".")[:2])
+    return (major, minor) >= (0, 17)
 
 
 def cmd_retention(args: argparse.Namespace) -> Json:
@@ -1295,7 +1309,8 @@ def cmd_retention(args: argparse.Namespace) -> Json:
         for repo in args.repos:
             cfg = maintenance_repo(hub, repo)
             snaps = restic_json(hub, maintenance_env(hub, repo), ["snapshots"]) or []
-            kept, removed = expected_forget(snaps, cfg["policy"], cfg.get("group_by") or "host,paths")
+            keeps_oldest = hub_restic_keeps_oldest(hub)
+            kept, removed = expected_forget(snaps, cfg["policy"], cfg.get("group_by") or "host,paths", keeps_oldest)
             plan[repo] = {
                 "policy": cfg["policy"],
                 "group_by": cfg.get("group_by") or "host,paths",
