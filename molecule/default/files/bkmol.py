@@ -1312,6 +1312,7 @@ def cmd_retention(args: argparse.Namespace) -> Json:
             keeps_oldest = hub_restic_keeps_oldest(hub)
             kept, removed = expected_forget(snaps, cfg["policy"], cfg.get("group_by") or "host,paths", keeps_oldest)
             plan[repo] = {
+                "planned_at": dt.datetime.now(dt.UTC).isoformat(),
                 "policy": cfg["policy"],
                 "group_by": cfg.get("group_by") or "host,paths",
                 "before": sorted(s["id"] for s in snaps),
@@ -1323,7 +1324,10 @@ def cmd_retention(args: argparse.Namespace) -> Json:
         if not any(p["expect_removed"] for p in plan.values()):
             problems.append("the policies would remove nothing: the test would prove nothing")
         return {
-            "plan": {r: {k: (len(v) if isinstance(v, list) else v) for k, v in p.items()} for r, p in plan.items()},
+            "plan": {
+                r: {k: (len(v) if isinstance(v, list) else v) for k, v in p.items() if k != "planned_at"}
+                for r, p in plan.items()
+            },
             "problems": problems,
         }
     plan = json.loads(state_file.read_text())
@@ -1344,11 +1348,13 @@ def cmd_retention(args: argparse.Namespace) -> Json:
             )
         if sorted(files) != now:
             problems.append(f"{repo}: snapshot files on the hub differ from restic's listing")
+        # This run's forget manifests for the repository: a policy that removes nothing still
+        # leaves one, with an empty removed list.
+        planned_at = dt.datetime.fromisoformat(expect["planned_at"])
         mine = [
             d
             for d in forgets
-            if (d.get("repository") or {}).get("name") == repo
-            and set((d.get("forget") or {}).get("removed") or []) & set(expect["before"])
+            if (d.get("repository") or {}).get("name") == repo and parse_time(d["started_at"]) >= planned_at
         ]
         if not mine:
             problems.append(f"{repo}: no forget manifest at the reporter for this maintenance run")
