@@ -149,7 +149,7 @@ def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_a
         f" {[round((t - started) * 1000) for t in received.arrived_at]} ms)"
     )
 
-    by_path = {path: body for path, body in received.posts}
+    by_path = dict(received.posts)
     ntfy, hook = by_path["/"], by_path["/hook"]
     assert ntfy["topic"] == "bk-alerts"
     assert ntfy["title"] == hook["title"] == "[bk] PROBLEM: web1/home failing"
@@ -175,7 +175,7 @@ def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_a
     _ingest(reporter.url, web1)
     recovered = evaluate_once(reporter_db.app_url, routes, datetime.now(UTC), policy=NOW_POLICY)
     assert (recovered.transitions, recovered.sent) == (1, 3)
-    assert {body["title"] for _, body in received.posts[2:]} == {"[bk] RESOLVED: web1/home failing"}
+    assert {body["title"] for _path, body in received.posts[2:]} == {"[bk] RESOLVED: web1/home failing"}
 
 
 def test_crash_between_send_and_record_repeats_the_message_never_drops_it(
@@ -193,7 +193,7 @@ def test_crash_between_send_and_record_repeats_the_message_never_drops_it(
     assert _outcomes(reporter_db.app_url) == [("webhook", "fire", "pending")]
     result = evaluate_once(reporter_db.app_url, webhook, datetime.now(UTC), policy=NOW_POLICY)
     assert (result.transitions, result.sent) == (0, 1)
-    assert [body["title"] for _, body in received.posts] == ["[bk] PROBLEM: web1/home failing"] * 2
+    assert [body["title"] for _path, body in received.posts] == ["[bk] PROBLEM: web1/home failing"] * 2
     assert _outcomes(reporter_db.app_url) == [("webhook", "fire", "sent")]
 
 
@@ -210,8 +210,8 @@ def test_a_failing_channel_is_retried_with_backoff_and_its_failure_is_recorded_m
     assert evaluate_once(reporter_db.app_url, dead, now + backoff(1), policy=NOW_POLICY).failed == 1
     with psycopg.connect(reporter_db.app_url) as conn:
         rows = conn.execute("SELECT attempt, outcome, error FROM notification_attempts ORDER BY id").fetchall()
-    assert [(a, o) for a, o, _ in rows] == [(1, "pending"), (1, "failed"), (2, "failed")]
-    assert all("token123" not in (error or "") for _, _, error in rows)
+    assert [(a, o) for a, o, _error in rows] == [(1, "pending"), (1, "failed"), (2, "failed")]
+    assert all("token123" not in (error or "") for _attempt, _outcome, error in rows)
 
 
 def test_two_evaluators_on_one_database_never_evaluate_at_once(reporter_db: ReporterDatabase):
@@ -291,7 +291,7 @@ def test_cli_notify_refuses_a_readable_routes_file_then_tells_pings_and_honours_
         routes.chmod(0o600)
         told = _bk_reporter(data_dir, "notify", "--routes", str(routes), "--once", "--fire-after", "0")
         assert told.returncode == 0, told.stderr
-        assert [body["title"] for _, body in received.posts] == ["[bk] PROBLEM: web1 never_reported"]
+        assert [body["title"] for _path, body in received.posts] == ["[bk] PROBLEM: web1 never_reported"]
         assert received.pings == ["/ping/abc"]
     finally:
         LocalCluster.under(data_dir / "postgres").stop()
@@ -355,7 +355,7 @@ def test_a_backlog_after_a_day_away_is_judged_by_the_manifests_times_without_a_s
     webhook = [r for r in routes if r.name == "webhook"]
     result = evaluate_once(reporter_db.app_url, webhook, datetime.now(UTC), policy=Policy())
     assert (result.transitions, result.sent) == (1, 1)
-    ((_, body),) = received.posts
+    ((_path, body),) = received.posts
     assert body["title"] == "[bk] PROBLEM: web2/home failing"
     with psycopg.connect(reporter_db.app_url) as conn:
         (since,) = conn.execute("SELECT since FROM alert_current_state WHERE host = 'web2'").fetchone()

@@ -43,7 +43,7 @@ class Route:
 
 def mask_url(url: str) -> str:
     """scheme://*** — enough to say which service, nothing that authenticates."""
-    scheme, sep, _ = url.partition("://")
+    scheme, sep, _rest = url.partition("://")
     return f"{scheme}://***" if sep else "***"
 
 
