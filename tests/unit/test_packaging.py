@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -19,3 +21,14 @@ def test_every_reporter_package_is_in_the_wheel() -> None:
     )
     for package in packages:
         assert setuptools["package-dir"][package] == str(Path("reporter", *package.split(".")))
+
+
+# Installed for the tests only (requirements/dev.txt), never on a reporter host.
+TEST_ONLY_MODULES = ("httpx", "pytest", "hypothesis", "aiosmtpd", "playwright", "moto", "schemathesis")
+
+
+def test_the_reporter_imports_without_the_test_only_packages() -> None:
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in TEST_ONLY_MODULES)
+    code = f"import sys; {blocked}; import bk_reporter.cli, bk_reporter.app, bk_reporter.notify.evaluator"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import httpx
 import psycopg
+import requests
 from psycopg.rows import dict_row
 
 from bk_reporter.notify import store
@@ -90,8 +90,8 @@ def ping(healthcheck_url: str | None, failed: bool) -> None:
         return
     url = healthcheck_url.rstrip("/") + ("/fail" if failed else "")
     try:
-        httpx.get(url, timeout=10)
-    except httpx.HTTPError as exc:
+        requests.get(url, timeout=10)
+    except requests.RequestException as exc:
         log.warning("dead-man's switch %s not reached: %s", mask_url(healthcheck_url), type(exc).__name__)
 
 
