@@ -4,8 +4,8 @@
 
 Signing uses the ``cryptography`` package when it is importable and falls back to
 ``ssh-keygen -Y sign`` otherwise, so a host needs nothing an SSH server does not have.
-Verification needs ``cryptography``. Supported keys: ed25519, ECDSA P-256/384/521, RSA
-(signed with rsa-sha2-512; rsa-sha2-256 is accepted when verifying).
+Verification needs ``cryptography``. Supported keys: ed25519, ECDSA P-256/384/521, RSA of
+2048 bits or more (signed with rsa-sha2-512; rsa-sha2-256 is accepted when verifying).
 
 Format: https://github.com/openssh/openssh-portable/blob/master/PROTOCOL.sshsig
 """
@@ -46,6 +46,9 @@ ECDSA_CURVES = {
 }
 RSA_SIGNATURE_HASHES = {"rsa-sha2-512": "sha512", "rsa-sha2-256": "sha256"}
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", *ECDSA_CURVES)
+# Every key, enrolled or embedded in a signature, is parsed by _key_blob_type: the one place
+# that refuses RSA moduli small enough to factor (OpenSSH itself still makes 1024-bit keys).
+MIN_RSA_BITS = 2048
 MAX_ARMORED_LENGTH = 16384
 SSH_KEYGEN_TIMEOUT_SECONDS = 30
 
@@ -135,7 +138,9 @@ def _key_blob_type(blob: bytes) -> str:
             raise SignatureError("ed25519 key has the wrong length")
     elif key_type == "ssh-rsa":
         reader.mpint()
-        reader.mpint()
+        bits = reader.mpint().bit_length()
+        if bits < MIN_RSA_BITS:
+            raise SignatureError("RSA key has %d bits; at least %d are required" % (bits, MIN_RSA_BITS))
     elif key_type in ECDSA_CURVES:
         if reader.text() != ECDSA_CURVES[key_type][0]:
             raise SignatureError("ECDSA key names the wrong curve")

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from . import fleet, metrics, openapi, store
 from .group_commit import GroupWriter
@@ -35,6 +36,7 @@ from .web.routes import install_pages
 from .web.security import SECURITY_HEADERS, PageAuth
 
 log = logging.getLogger("bk_reporter.app")
+access_log = logging.getLogger("bk_reporter.access")
 
 # An envelope escapes its manifest as a JSON string: allow room for that around the manifest limit.
 ENVELOPE_OVERHEAD_FACTOR = 2
@@ -362,16 +364,32 @@ class ReporterApp(Starlette):
     reporter: Reporter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        access = _Access()
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                access.status = message["status"]
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, recording_send, access)
+        finally:
+            _log_access(scope, access)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, access: _Access) -> None:
+        if scope["method"] == "POST":
             path = scope["path"]
             root = scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root) :]
             if path == INGEST_SINGLE:
-                await self._answer_ingest(self.reporter.ingest_single, path, scope, receive, send)
+                await self._answer_ingest(self.reporter.ingest_single, path, scope, receive, send, access=access)
                 return
             if path == INGEST_BATCH:
-                await self._answer_ingest(self.reporter.ingest_batch, path, scope, receive, send)
+                await self._answer_ingest(self.reporter.ingest_batch, path, scope, receive, send, access=access)
                 return
         await super().__call__(scope, receive, send)
 
@@ -382,10 +400,13 @@ class ReporterApp(Starlette):
         scope: Scope,
         receive: Receive,
         send: Send,
+        *,
+        access: _Access,
     ) -> None:
         try:
             answer = await handler(_asgi_reader(scope, receive))
         except ClientDisconnect:
+            access.code = "client_disconnected"
             return
         except (psycopg.OperationalError, PoolTimeout) as exc:
             answer = _unavailable_answer(path, exc)
@@ -401,7 +422,29 @@ class ReporterApp(Starlette):
             )
             await send({"type": "http.response.body", "body": body})
             raise
+        content = answer[1]
+        if isinstance(content, dict) and isinstance(content.get("code"), str):
+            access.code = content["code"]
         await _send_answer(send, answer)
+
+
+@dataclass
+class _Access:
+    status: int | None = None
+    code: str | None = None
+
+
+def _log_access(scope: Scope, access: _Access) -> None:
+    """One line per request: what was asked, by whom, and the answer; never a body or a query."""
+    client = scope.get("client")
+    fields = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": access.status,
+        "client": client[0] if client else None,
+        "code": access.code,
+    }
+    access_log.info("request", extra=fields)
 
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}

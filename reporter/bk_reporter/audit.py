@@ -5,6 +5,11 @@ they verified history), each extracted column is compared with a fresh extractio
 manifest text, and each host's chain is walked with hashes recomputed from the text. The
 chain state kept for the views is compared with what the walk found, which catches a row
 removed behind the reporter's back even at the end of a chain.
+
+The keys themselves live in the same database: whoever can change events can change
+host_keys too. Given keys from outside it (`--allowed-signers`, the file the inventory
+writes), the audit verifies against those instead and so catches a key added or swapped
+behind the reporter's back.
 """
 
 from __future__ import annotations
@@ -108,14 +113,18 @@ def _moment(value: Any) -> datetime | None:
     return parse_time(value) if isinstance(value, str) else None
 
 
-def _event_problems(row: Mapping[str, Any], keys: list[str]) -> Iterator[str]:
+DATABASE_KEYS = "any key ever enrolled for the host"
+FILE_KEYS = "any key the allowed-signers file lists for the host"
+
+
+def _event_problems(row: Mapping[str, Any], keys: list[str], key_source: str) -> Iterator[str]:
     text = row["manifest"]
     if bk_manifest.sha256_hex(text) != row["sha256"]:
         yield "the sha256 column does not match the manifest text"
     try:
         signer = sshsig.verify(text.encode("utf-8"), row["signature"], keys)
     except sshsig.SignatureError as exc:
-        yield f"the signature does not verify with any key ever enrolled for the host: {exc}"
+        yield f"the signature does not verify with {key_source}: {exc}"
     else:
         if sshsig.fingerprint(signer) != row["key_fingerprint"]:
             yield "key_fingerprint does not name the key that made the signature"
@@ -146,15 +155,21 @@ class _HostWalk:
     last_seq: int = 0
 
 
-def audit(conn: psycopg.Connection, progress: Callable[[int], None] | None = None) -> Report:
-    """Walk every event in (host, seq) order in one consistent snapshot."""
+def audit(
+    conn: psycopg.Connection,
+    progress: Callable[[int], None] | None = None,
+    trusted_keys: Mapping[str, list[str]] | None = None,
+) -> Report:
+    """Walk every event in (host, seq) order in one consistent snapshot.
+
+    trusted_keys (host -> public key lines, from outside the database) replaces host_keys.
+    """
     report = Report()
     walks: dict[str, _HostWalk] = {}
+    key_source = DATABASE_KEYS if trusted_keys is None else FILE_KEYS
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        keys: dict[str, list[str]] = {}
-        for host, public_key in conn.execute(ALL_KEYS):
-            keys.setdefault(host, []).append(public_key)
+        keys: Mapping[str, list[str]] = _database_keys(conn) if trusted_keys is None else trusted_keys
         previous: dict[str, Any] | None = None
         with conn.cursor(name="bk_audit", row_factory=dict_row) as cursor:
             cursor.itersize = 1000
@@ -162,7 +177,7 @@ def audit(conn: psycopg.Connection, progress: Callable[[int], None] | None = Non
             for row in cursor:
                 if previous is not None and previous["host"] != row["host"]:
                     previous = None
-                _check_row(row, previous, keys.get(row["host"], []), report)
+                _check_row(row, previous, keys.get(row["host"], []), key_source, report)
                 walk = walks.setdefault(row["host"], _HostWalk())
                 walk.events += 1
                 walk.last_seq = row["seq"]
@@ -176,9 +191,18 @@ def audit(conn: psycopg.Connection, progress: Callable[[int], None] | None = Non
     return report
 
 
-def _check_row(row: Mapping[str, Any], previous: Mapping[str, Any] | None, keys: list[str], report: Report) -> None:
+def _database_keys(conn: psycopg.Connection) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for host, public_key in conn.execute(ALL_KEYS):
+        keys.setdefault(host, []).append(public_key)
+    return keys
+
+
+def _check_row(
+    row: Mapping[str, Any], previous: Mapping[str, Any] | None, keys: list[str], key_source: str, report: Report
+) -> None:
     event_id = str(row["id"])
-    for what in _event_problems(row, keys):
+    for what in _event_problems(row, keys, key_source):
         report.problems.append(Problem(row["host"], row["seq"], event_id, what))
     link = _link_problem(row, previous)
     if link is not None:

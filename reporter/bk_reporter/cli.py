@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 
     audited = commands.add_parser("audit", parents=[common], help="re-verify every stored signature and chain")
     audited.add_argument("--json", action="store_true")
+    audited.add_argument(
+        "--allowed-signers",
+        type=Path,
+        metavar="FILE",
+        help="verify against the keys of this allowed_signers file instead of the database's host_keys",
+    )
 
     commands.add_parser("openapi", parents=[common], help="print the OpenAPI document")
     notify_cli.add_commands(commands, common)
@@ -251,11 +257,27 @@ def status_table(document: dict[str, Any]) -> str:
     return "\n".join([*lines, "", f"{counts or 'no hosts yet'} (as of {document['generated_at']})"])
 
 
+def _trusted_keys(path: Path | None) -> dict[str, list[str]] | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise hosts.EnrollmentError(f"cannot read {path}: {exc.strerror}") from exc
+    keys: dict[str, list[str]] = {}
+    for key in hosts.parse_allowed_signers(text):
+        keys.setdefault(key.host, []).append(key.public_key)
+    return keys
+
+
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    trusted_keys = _trusted_keys(args.allowed_signers)
     with db.database(settings) as targets:
         db.ensure_current_schema(targets, settings)
         with psycopg.connect(targets.app_url) as conn:
-            report = audit(conn, progress=lambda n: print(f"audited {n} events...", file=sys.stderr))
+            report = audit(
+                conn, progress=lambda n: print(f"audited {n} events...", file=sys.stderr), trusted_keys=trusted_keys
+            )
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

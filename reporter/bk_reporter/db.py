@@ -122,7 +122,8 @@ def migrate(owner_url: str, app_role: str, reader_role: str | None = None) -> li
             applied.append(migration)
         _ensure_app_role(conn, app_role)
         with conn.transaction():
-            _apply_grants(conn, files["grants.sql"], app=sql.Identifier(app_role))
+            database = sql.Identifier(conn.info.dbname)
+            _apply_grants(conn, files["grants.sql"], app=sql.Identifier(app_role), database=database)
             if reader_role is not None:
                 if not _role_exists(conn, reader_role):
                     raise DatabaseError(f"the reader role {reader_role!r} does not exist; create it first")

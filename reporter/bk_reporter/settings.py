@@ -7,6 +7,7 @@ Every setting has a key (used in the TOML file) and an environment variable
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -59,6 +60,9 @@ class Settings:
     page_basic_user: str | None = None
     page_basic_password: str | None = None
     page_bearer_token: str | None = None
+    # A listener on a non-loopback address needs page credentials unless this says, explicitly,
+    # that the fleet's state may be read by anyone who reaches it.
+    public_reads: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -106,6 +110,8 @@ def _field_types() -> dict[str, str]:
 
 def _convert(key: str, value: Any) -> Any:
     kind = _field_types()[key]
+    if kind == "bool":
+        return _boolean(key, value)
     if value is None or (isinstance(value, str) and value == "" and "None" in kind):
         return None
     if kind.startswith("int"):
@@ -119,6 +125,38 @@ def _convert(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise SettingsError(f"{key} must be a string, got {value!r}")
     return Path(value) if kind.startswith("Path") else value
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise SettingsError(f"{key} must be true or false, got {value!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_page_credentials(settings: Settings) -> None:
+    if (settings.page_basic_user is None) != (settings.page_basic_password is None):
+        raise SettingsError(
+            "page_basic_user and page_basic_password must be given together: "
+            "set both to protect the pages with basic auth, or neither"
+        )
+    protected = settings.page_basic_user is not None or settings.page_bearer_token is not None
+    if not protected and not settings.public_reads and not _is_loopback(settings.listen_host):
+        raise SettingsError(
+            f"listen {settings.listen!r} is not a loopback address and the pages have no credentials: "
+            "set page_basic_user and page_basic_password (or page_bearer_token), put the reporter behind "
+            "a proxy on 127.0.0.1, or set public_reads = true if anyone who reaches it may read the fleet's state"
+        )
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -162,4 +200,5 @@ def load(
     _split_listen(settings.listen)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise SettingsError("tls_cert and tls_key must be given together")
+    _check_page_credentials(settings)
     return settings

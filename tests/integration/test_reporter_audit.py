@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-from reporter_fixtures import Host, LiveReporter
+from reporter_fixtures import NAMESPACE, Host, LiveReporter, make_key
 
-from bk_reporter import cli
+from bk_reporter import cli, hosts
 
 
 @pytest.fixture
@@ -24,8 +26,8 @@ def chain_of_five(
     return [json.loads(envelope["manifest"])["id"] for envelope in envelopes]
 
 
-def audit(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    code = cli.main(["audit", "--json"])
+def audit(capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, dict]:
+    code = cli.main(["audit", "--json", *options])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -135,3 +137,57 @@ def test_repository_sizes_are_rebuilt_from_the_prune_manifests_and_compared(
     (problem,) = report["problems"]
     assert problem["host"] == "web1" and "repository_sizes for repository 'web2' holds '9 TiB'" in problem["problem"]
     assert "'12.000 MiB'" in problem["problem"]
+
+
+def ssh_keygen_verifies(allowed_signers: Path, host: str, text: str, signature: str, scratch: Path) -> bool:
+    signature_file = scratch / "manifest.sig"
+    signature_file.write_text(signature)
+    command = ["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", host, "-n", NAMESPACE]
+    completed = subprocess.run(
+        [*command, "-s", str(signature_file)],
+        input=text.encode("utf-8"),
+        capture_output=True,
+        check=False,
+    )
+    return completed.returncode == 0
+
+
+def test_a_key_added_behind_the_inventorys_back_is_caught_by_the_allowed_signers_audit(
+    chain_of_five: list[str],
+    client: httpx.Client,
+    reporter: LiveReporter,
+    web1: Host,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The attacker has the owner's rights: enrols a key of their own for web1 and delivers a
+    # manifest it signed, continuing web1's chain; everything inside the database agrees.
+    attacker = Host("web1", make_key(tmp_path, "attacker"), seq=web1.seq, prev=web1.prev)
+    with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
+        hosts.enroll(conn, [hosts.host_key("web1", attacker.public_line)])
+    forged = attacker.envelope(status="success", job="home")
+    assert client.post("/api/v1/manifests", json=forged).status_code == 201
+    forged_id = json.loads(forged["manifest"])["id"]
+    allowed_signers = tmp_path / "allowed_signers"
+    allowed_signers.write_text(f"web1 {web1.public_line}\n")
+
+    assert audit(capsys)[0] == 0, "the database's own keys vouch for the forgery"
+    code, report = audit(capsys, "--allowed-signers", str(allowed_signers))
+
+    assert (code, report["events"]) == (1, 6)
+    assert [(p["host"], p["seq"], p["id"]) for p in report["problems"]] == [("web1", 6, forged_id)]
+    assert "does not verify with any key the allowed-signers file lists" in report["problems"][0]["problem"]
+    assert not ssh_keygen_verifies(allowed_signers, "web1", forged["manifest"], forged["signature"], tmp_path)
+    genuine = web1.texts[0]
+    assert ssh_keygen_verifies(allowed_signers, "web1", genuine, web1.sign(genuine), tmp_path)
+
+
+def test_an_unreadable_or_unusable_allowed_signers_file_is_a_clear_error(
+    chain_of_five: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["audit", "--allowed-signers", str(tmp_path / "absent")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    broken = tmp_path / "allowed_signers"
+    broken.write_text("web1 ssh-ed25519 not-base64\n")
+    assert cli.main(["audit", "--allowed-signers", str(broken)]) == 1
+    assert "line 1" in capsys.readouterr().err

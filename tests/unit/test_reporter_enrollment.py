@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,10 @@ def test_keys_in_files_made_by_ssh_keygen_parse(tmp_path: Path, keys: dict[str, 
     signers = tmp_path / "allowed_signers"
     signers.write_text("".join(f"host-{kind} {line}\n" for kind, line in keys.items()))
     assert len(parse_allowed_signers(signers.read_text())) == 3
+
+
+def test_an_rsa_key_under_2048_bits_is_refused_at_enrolment(tmp_path: Path) -> None:
+    weak = tmp_path / "key_rsa1024"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(weak)], check=True)
+    with pytest.raises(EnrollmentError, match="RSA key has 1024 bits; at least 2048 are required"):
+        host_key("web1", public_line(weak))

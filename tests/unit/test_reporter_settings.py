@@ -11,7 +11,7 @@ from bk_reporter.settings import Settings, SettingsError, load, mask_url
 
 def test_each_source_overrides_the_one_before(tmp_path: Path) -> None:
     config = tmp_path / "reporter.toml"
-    config.write_text('listen = "0.0.0.0:9000"\npool_size = 4\ndata_dir = "/srv/from-file"\n')
+    config.write_text('listen = "0.0.0.0:9000"\npublic_reads = true\npool_size = 4\ndata_dir = "/srv/from-file"\n')
     environ = {"BK_REPORTER_POOL_SIZE": "8", "BK_REPORTER_DATA_DIR": "/srv/from-env"}
     settings = load({"data_dir": "/srv/from-flag"}, config, environ)
     assert (settings.listen, settings.pool_size, settings.data_dir) == ("0.0.0.0:9000", 8, Path("/srv/from-flag"))
@@ -77,3 +77,45 @@ def test_passwords_never_reach_the_logs() -> None:
         str(view).replace("***", "").replace(":", " ").replace("@", " ").split()
     )
     assert (view["page_basic_password"], view["page_bearer_token"], view["page_basic_user"]) == ("***", "***", None)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"BK_REPORTER_PAGE_BASIC_USER": "ops"}, {"BK_REPORTER_PAGE_BASIC_PASSWORD": "s3cret"}],
+    ids=["user-without-password", "password-without-user"],
+)
+def test_half_set_basic_auth_credentials_are_refused(environ: dict[str, str]) -> None:
+    # Half a credential used to leave the pages open while the operator thought them closed.
+    with pytest.raises(SettingsError, match="page_basic_user and page_basic_password must be given together"):
+        load({}, None, environ)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080", "reporter.example:8080"])
+def test_a_reachable_listener_without_page_credentials_is_refused(listen: str) -> None:
+    with pytest.raises(SettingsError, match="is not a loopback address and the pages have no credentials"):
+        load({"listen": listen}, None, {})
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"BK_REPORTER_PUBLIC_READS": "true"},
+        {"BK_REPORTER_PAGE_BEARER_TOKEN": "t0ken"},
+        {"BK_REPORTER_PAGE_BASIC_USER": "ops", "BK_REPORTER_PAGE_BASIC_PASSWORD": "s3cret"},
+    ],
+    ids=["public-reads", "bearer-token", "basic-auth"],
+)
+def test_a_reachable_listener_starts_with_credentials_or_explicit_public_reads(environ: dict[str, str]) -> None:
+    assert load({"listen": "0.0.0.0:8080"}, None, environ).listen_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8080", "localhost:8080"])
+def test_a_loopback_listener_needs_no_page_credentials(listen: str) -> None:
+    assert not load({"listen": listen}, None, {}).public_reads
+
+
+def test_public_reads_must_be_a_boolean(tmp_path: Path) -> None:
+    config = tmp_path / "reporter.toml"
+    config.write_text('public_reads = "yes"\n')
+    with pytest.raises(SettingsError, match="public_reads must be true or false"):
+        load({}, config, {})

@@ -254,3 +254,26 @@ def test_parser_fuzz_mutated_signatures(
         mutated[position:position] = data.draw(st.binary(min_size=1, max_size=8))
     with pytest.raises(sshsig.SignatureError):
         sshsig.verify(MESSAGE, sshsig.armor(bytes(mutated)), [public])
+
+
+@pytest.fixture(scope="module")
+def rsa_1024_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An RSA key ssh-keygen still makes but that is factorable: below the 2048-bit floor."""
+    path = tmp_path_factory.mktemp("weak") / "key_rsa1024"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def test_rsa_keys_under_2048_bits_are_refused_as_keys(rsa_1024_key: Path) -> None:
+    with pytest.raises(ValueError, match="RSA key has 1024 bits; at least 2048 are required"):
+        sshsig.normalize_public_key(public_line(rsa_1024_key))
+
+
+def test_a_signature_by_an_rsa_key_under_2048_bits_does_not_verify(rsa_1024_key: Path, tmp_path: Path) -> None:
+    # What an attacker who factored a weak enrolled key sends: a real signature by that key,
+    # checked against an allowed list that (wrongly) holds it. ssh-keygen itself accepts it.
+    armored = keygen_sign(tmp_path, rsa_1024_key, MESSAGE)
+    weak_line = public_line(rsa_1024_key)
+    assert keygen_verify(tmp_path, MESSAGE, armored, weak_line)
+    with pytest.raises(sshsig.SignatureError, match="RSA key has 1024 bits; at least 2048 are required"):
+        sshsig.verify(MESSAGE, armored, [weak_line])
