@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from . import __version__, db, fleet, hosts, logs, openapi
 from .app import create_app
 from .audit import audit
+from .http_protocol import with_header_deadline
 from .pgcluster import ClusterError
 from .settings import Settings, SettingsError, load
 
@@ -117,6 +118,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            http=with_header_deadline(settings.header_timeout_seconds),
+            limit_concurrency=settings.max_connections,
         )
         with _stop_signals_return_here():
             uvicorn.Server(config).run()

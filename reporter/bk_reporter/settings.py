@@ -53,6 +53,11 @@ class Settings:
     max_batch_items: int = 5000
     future_tolerance_seconds: int = 300
     pool_size: int = 16
+    # Slow clients: connections served at once (more get 503), and how long a request's headers
+    # and its whole body may take to arrive (then the connection is closed, or 408 for a body).
+    max_connections: int = 1000
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 60
     # Worker processes that verify large batches (1: verify in the server process).
     verify_processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, MAX_VERIFY_PROCESSES))
     log_level: str = "info"
