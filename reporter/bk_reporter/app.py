@@ -379,12 +379,22 @@ class ReporterApp(Starlette):
     """
 
     reporter: Reporter
+    # The port of the ingest-only listener (settings.ingest_listen), if any.
+    ingest_only_port: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         access = _Access()
+        if self._outside_ingest_listener(scope):
+            access.code = "ingest_listener"
+            access.status = 404
+            try:
+                await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+            finally:
+                _log_access(scope, access)
+            return
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -395,6 +405,14 @@ class ReporterApp(Starlette):
             await self._dispatch(scope, receive, recording_send, access)
         finally:
             _log_access(scope, access)
+
+    def _outside_ingest_listener(self, scope: Scope) -> bool:
+        """A request on the ingest-only listener for anything but ingest and /healthz."""
+        server = scope.get("server")
+        if self.ingest_only_port is None or not server or server[1] != self.ingest_only_port:
+            return False
+        allowed = {("POST", INGEST_SINGLE), ("POST", INGEST_BATCH), ("GET", "/healthz")}
+        return (scope["method"], scope["path"]) not in allowed
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, access: _Access) -> None:
         if scope["method"] == "POST":
@@ -503,6 +521,8 @@ def create_app(settings: Settings, database_url: str, *, start_workers: bool = F
     )
     app.state.reporter = reporter
     app.reporter = reporter
+    if settings.ingest_listen is not None:
+        app.ingest_only_port = settings.ingest_listen_port
     page_auth = PageAuth(
         basic_user=settings.page_basic_user,
         basic_password=settings.page_basic_password,
