@@ -5,6 +5,7 @@ The read-only web pages (bk_reporter.web) are installed on the same application.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -53,6 +54,11 @@ class _TooLarge(Exception):
         super().__init__(f"the request body is over the limit of {limit} bytes")
 
 
+class _SlowBody(Exception):
+    def __init__(self, seconds: int) -> None:
+        super().__init__(f"the request body did not arrive within {seconds} s")
+
+
 def _log_outcome(outcome: Outcome) -> None:
     """Refusals at info (what an operator looks for), stored manifests at debug."""
     level = logging.DEBUG if outcome.status in (200, 201) else logging.INFO
@@ -69,15 +75,21 @@ BodyReader = Callable[[int], Awaitable[bytes]]
 Answer = tuple[int, Any, list[tuple[bytes, bytes]]]
 
 
-def _asgi_reader(scope: Scope, receive: Receive) -> BodyReader:
+def _asgi_reader(scope: Scope, receive: Receive, timeout_seconds: int) -> BodyReader:
     async def read(limit: int) -> bytes:
         """The body, refused as soon as it is known to exceed `limit` (declared or counted)."""
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise _TooLarge(limit)
         chunks, size = [], 0
+        # One deadline for the whole body: a byte a second would satisfy any per-part timeout.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise _SlowBody(timeout_seconds) from None
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
             chunk = message.get("body", b"")
@@ -197,16 +209,22 @@ class Reporter:
     # -- ingest ---------------------------------------------------------------------------
 
     async def post_manifest(self, request: Request) -> Response:
-        return _json_response(await self.ingest_single(_asgi_reader(request.scope, request.receive)))
+        return _json_response(
+            await self.ingest_single(_asgi_reader(request.scope, request.receive, self.settings.body_timeout_seconds))
+        )
 
     async def post_batch(self, request: Request) -> Response:
-        return _json_response(await self.ingest_batch(_asgi_reader(request.scope, request.receive)))
+        return _json_response(
+            await self.ingest_batch(_asgi_reader(request.scope, request.receive, self.settings.body_timeout_seconds))
+        )
 
     async def ingest_single(self, read: BodyReader) -> Answer:
         try:
             body = await read(self.single_body_limit)
         except _TooLarge as exc:
             return self._counted("single", Outcome(413, "too_large", str(exc)))
+        except _SlowBody as exc:
+            return self._counted("single", Outcome(408, "body_timeout", str(exc)))
         parsed = parse_json_body(body)
         if isinstance(parsed, Outcome):
             return self._counted("single", parsed)
@@ -218,6 +236,8 @@ class Reporter:
             body = await read(self.settings.max_batch_bytes)
         except _TooLarge as exc:
             return self._counted("batch", Outcome(413, "too_large", str(exc)))
+        except _SlowBody as exc:
+            return self._counted("batch", Outcome(408, "body_timeout", str(exc)))
         parsed = parse_json_body(body)
         if isinstance(parsed, Outcome):
             return self._counted("batch", parsed)
@@ -362,12 +382,22 @@ class ReporterApp(Starlette):
     """
 
     reporter: Reporter
+    # The port of the ingest-only listener (settings.ingest_listen), if any.
+    ingest_only_port: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         access = _Access()
+        if self._outside_ingest_listener(scope):
+            access.code = "ingest_listener"
+            access.status = 404
+            try:
+                await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+            finally:
+                _log_access(scope, access)
+            return
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -378,6 +408,14 @@ class ReporterApp(Starlette):
             await self._dispatch(scope, receive, recording_send, access)
         finally:
             _log_access(scope, access)
+
+    def _outside_ingest_listener(self, scope: Scope) -> bool:
+        """A request on the ingest-only listener for anything but ingest and /healthz."""
+        server = scope.get("server")
+        if self.ingest_only_port is None or not server or server[1] != self.ingest_only_port:
+            return False
+        allowed = {("POST", INGEST_SINGLE), ("POST", INGEST_BATCH), ("GET", "/healthz")}
+        return (scope["method"], scope["path"]) not in allowed
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, access: _Access) -> None:
         if scope["method"] == "POST":
@@ -404,7 +442,7 @@ class ReporterApp(Starlette):
         access: _Access,
     ) -> None:
         try:
-            answer = await handler(_asgi_reader(scope, receive))
+            answer = await handler(_asgi_reader(scope, receive, self.reporter.settings.body_timeout_seconds))
         except ClientDisconnect:
             access.code = "client_disconnected"
             return
@@ -486,6 +524,8 @@ def create_app(settings: Settings, database_url: str, *, start_workers: bool = F
     )
     app.state.reporter = reporter
     app.reporter = reporter
+    if settings.ingest_listen is not None:
+        app.ingest_only_port = settings.ingest_listen_port
     page_auth = PageAuth(
         basic_user=settings.page_basic_user,
         basic_password=settings.page_basic_password,

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from . import __version__, db, fleet, hosts, logs, openapi
 from .app import create_app
 from .audit import audit
 from .notify import cli as notify_cli
+from .http_protocol import with_header_deadline
 from .pgcluster import ClusterError
 from .settings import Settings, SettingsError, load
 
@@ -119,10 +121,25 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            http=with_header_deadline(settings.header_timeout_seconds),
+            limit_concurrency=settings.max_connections,
         )
+        sockets = [_bind(settings.listen)]
+        if settings.ingest_listen is not None:
+            sockets.append(_bind(settings.ingest_listen))
         with _stop_signals_return_here():
-            uvicorn.Server(config).run()
+            uvicorn.Server(config).run(sockets=sockets)
     return EXIT_OK
+
+
+def _bind(listen: str) -> socket.socket:
+    """A listening socket for HOST:PORT (uvicorn serves several only when given them bound)."""
+    address = Settings(listen=listen)
+    family = socket.AF_INET6 if ":" in address.listen_host else socket.AF_INET
+    try:
+        return socket.create_server((address.listen_host, address.listen_port), family=family, backlog=2048)
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {listen}: {exc.strerror}") from exc
 
 
 @contextmanager
@@ -315,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         return COMMANDS[args.command](settings, args)
-    except (hosts.EnrollmentError, db.DatabaseError, ClusterError) as exc:
+    except (hosts.EnrollmentError, db.DatabaseError, ClusterError, SettingsError) as exc:
         print(f"bk-reporter: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except psycopg.OperationalError as exc:

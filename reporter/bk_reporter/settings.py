@@ -45,6 +45,9 @@ class Settings:
     app_role: str = "bk_reporter_app"
     reader_role: str | None = None
     listen: str = "127.0.0.1:8080"
+    # A second listener serving only ingest and /healthz, for hosts to reach while the pages
+    # stay on a loopback `listen` (behind a proxy) or behind credentials. None: only `listen`.
+    ingest_listen: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     forwarded_allow_ips: str | None = None
@@ -53,6 +56,11 @@ class Settings:
     max_batch_items: int = 5000
     future_tolerance_seconds: int = 300
     pool_size: int = 16
+    # Slow clients: connections served at once (more get 503), and how long a request's headers
+    # and its whole body may take to arrive (then the connection is closed, or 408 for a body).
+    max_connections: int = 1000
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 60
     # Worker processes that verify large batches (1: verify in the server process).
     verify_processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, MAX_VERIFY_PROCESSES))
     log_level: str = "info"
@@ -75,6 +83,10 @@ class Settings:
     @property
     def listen_port(self) -> int:
         return _split_listen(self.listen)[1]
+
+    @property
+    def ingest_listen_port(self) -> int | None:
+        return None if self.ingest_listen is None else _split_listen(self.ingest_listen)[1]
 
     def public_view(self) -> dict[str, Any]:
         """The settings as loggable values: passwords (in URLs too) and tokens are masked."""
@@ -198,6 +210,10 @@ def load(
     values.update({key: _convert(key, value) for key, value in (flags or {}).items() if value is not None})
     settings = Settings(**values)
     _split_listen(settings.listen)
+    if settings.ingest_listen is not None:
+        ingest_port = _split_listen(settings.ingest_listen)[1]
+        if ingest_port == settings.listen_port:
+            raise SettingsError(f"ingest_listen {settings.ingest_listen!r} needs a port other than listen's")
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise SettingsError("tls_cert and tls_key must be given together")
     _check_page_credentials(settings)

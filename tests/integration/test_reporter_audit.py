@@ -191,3 +191,19 @@ def test_an_unreadable_or_unusable_allowed_signers_file_is_a_clear_error(
     broken.write_text("web1 ssh-ed25519 not-base64\n")
     assert cli.main(["audit", "--allowed-signers", str(broken)]) == 1
     assert "line 1" in capsys.readouterr().err
+
+
+def test_a_retired_keys_new_manifests_are_refused_while_its_history_still_verifies(
+    chain_of_five: list[str],
+    client: httpx.Client,
+    reporter: LiveReporter,
+    web1: Host,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
+        hosts.retire(conn, "web1", web1.public_line)
+    # A thief with the retired key's private half signs the chain's next manifest.
+    refused = client.post("/api/v1/manifests", json=web1.envelope())
+    assert refused.status_code == 401, refused.text
+    code, report = audit(capsys)
+    assert (code, report["events"], report["problems"]) == (0, 5, [])

@@ -119,3 +119,9 @@ def test_public_reads_must_be_a_boolean(tmp_path: Path) -> None:
     config.write_text('public_reads = "yes"\n')
     with pytest.raises(SettingsError, match="public_reads must be true or false"):
         load({}, config, {})
+
+
+def test_the_ingest_listener_needs_its_own_port() -> None:
+    with pytest.raises(SettingsError, match="needs a port other than listen's"):
+        load({"listen": "127.0.0.1:8080", "ingest_listen": "0.0.0.0:8080"}, None, {})
+    assert load({"ingest_listen": "0.0.0.0:8081"}, None, {}).ingest_listen_port == 8081
