@@ -13,6 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Command = Union[str, List[str]]
 POLICY_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+# What every maintained repository keeps whatever its client's policy says (docs/security.md): a
+# maintenance.json without retention_floor still gets it, so lowering it takes an explicit floor.
+DEFAULT_RETENTION_FLOOR: Dict[str, Any] = {"keep_within": "7d", "keep_last": 3}
 DEFAULT_LOCK_TIMEOUT_SECONDS = 6 * 3600
 
 
@@ -270,9 +273,21 @@ class MaintainedRepository(Repository):
         self.prune: bool = fields.get("prune", bool, True)
         self.max_unused: str = fields.get("max_unused", str, "5%")
         self.cadence_seconds: Optional[int] = fields.get("cadence_seconds", int)
+        # Maintenance gives every repository the floor of its file.
+        self.retention_floor: Dict[str, Any] = dict(DEFAULT_RETENTION_FLOOR)
 
 
-def _policy(fields: _Fields) -> Dict[str, Any]:
+RESTIC_DURATION = re.compile(r"^(?:[0-9]+[ymdh])+$")
+# restic counts calendar years, months and days; an approximation orders two durations well enough.
+DURATION_HOURS = {"y": 8766, "m": 730, "d": 24, "h": 1}
+
+
+def duration_hours(duration: str) -> int:
+    """Approximate hours of a restic --keep-within duration such as ``7d`` or ``1y6m``."""
+    return sum(int(amount) * DURATION_HOURS[unit] for amount, unit in re.findall(r"([0-9]+)([ymdh])", duration))
+
+
+def _policy(fields: _Fields, may_keep_nothing: bool = False) -> Dict[str, Any]:
     policy: Dict[str, Any] = {}
     for key in POLICY_COUNTS:
         value = fields.get(key, int)
@@ -282,10 +297,16 @@ def _policy(fields: _Fields) -> Dict[str, Any]:
             policy[key] = value
     if fields.get("keep_within", str):
         policy["keep_within"] = fields.get("keep_within", str)
+        if not RESTIC_DURATION.match(policy["keep_within"]):
+            raise ConfigError(
+                "%s: keep_within %r is not a restic duration (digits and y, m, d, h: 7d, 1y6m)"
+                % (fields.where, policy["keep_within"])
+            )
     if fields.strings("keep_tags"):
         policy["keep_tags"] = fields.strings("keep_tags")
     if (
-        not any(policy.get(key) for key in POLICY_COUNTS)
+        not may_keep_nothing
+        and not any(policy.get(key) for key in POLICY_COUNTS)
         and not policy.get("keep_within")
         and not policy.get("keep_tags")
     ):
@@ -298,7 +319,14 @@ class Maintenance:
 
     def __init__(self, config_dir: str, state_dir: str) -> None:
         path = os.path.join(config_dir, "maintenance.json")
-        fields = _Fields(read_config_file(path), path, ["lock_dir", "lock_timeout_seconds", "repositories"])
+        fields = _Fields(
+            read_config_file(path), path, ["lock_dir", "lock_timeout_seconds", "repositories", "retention_floor"]
+        )
+        floor = fields.get("retention_floor", dict, DEFAULT_RETENTION_FLOOR)
+        self.retention_floor = _policy(
+            _Fields(floor, path + ": retention_floor", [*POLICY_COUNTS, "keep_within", "keep_tags"]),
+            may_keep_nothing=True,
+        )
         self.lock_dir: str = fields.get("lock_dir", str, os.path.join(state_dir, "locks"))
         self.lock_timeout_seconds: float = fields.get(
             "lock_timeout_seconds", (int, float), DEFAULT_LOCK_TIMEOUT_SECONDS
@@ -307,6 +335,8 @@ class Maintenance:
         self.repositories = [
             MaintainedRepository(_Fields(item, path + ": repository", MaintainedRepository.KEYS)) for item in items
         ]
+        for repository in self.repositories:
+            repository.retention_floor = self.retention_floor
 
 
 class Offsite:

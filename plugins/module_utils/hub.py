@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .config import Hub, MaintainedRepository, Maintenance, Offsite, Settings
+from .config import Hub, MaintainedRepository, Maintenance, Offsite, Settings, duration_hours
 from .files import LockTimeout, locked, read_json, write_json
 from .jobs import record, record_for_repository, restic_environment, tools
 from .manifest import new_manifest, rfc3339, utc_now
@@ -156,6 +156,25 @@ def _record_receipt(recorder: Recorder, doc: Dict[str, Any]) -> bool:
 # --- maintenance ---------------------------------------------------------------------------
 
 
+def floored_policy(policy: Dict[str, Any], floor: Dict[str, Any]) -> Dict[str, Any]:
+    """The policy that keeps what ``policy`` keeps and what ``floor`` keeps.
+
+    restic forget keeps a snapshot any rule keeps, so the larger count, the longer keep-within and
+    every tag of either is exactly the union; a client's policy (from its host variables) can then
+    never remove what the hub's floor keeps."""
+    effective = dict(policy)
+    for key, value in floor.items():
+        if key not in effective:
+            effective[key] = value
+        elif key == "keep_tags":
+            effective[key] = list(effective[key]) + [tags for tags in value if tags not in effective[key]]
+        elif key == "keep_within":
+            effective[key] = max(effective[key], value, key=duration_hours)
+        else:
+            effective[key] = max(effective[key], value)
+    return effective
+
+
 def policy_arguments(policy: Dict[str, Any]) -> List[str]:
     arguments = []
     for key, value in sorted(policy.items()):
@@ -222,13 +241,14 @@ def _forget_and_prune(
     common_tools: Dict[str, str],
 ) -> List[str]:
     env = restic_environment(settings, repository)
+    policy = floored_policy(repository.policy, repository.retention_floor)
     argv = [
         settings.restic,
         "forget",
         "--json",
         "--group-by",
         repository.group_by,
-        *policy_arguments(repository.policy),
+        *policy_arguments(policy),
     ]
     completed = run(argv, env=env)
     removed: List[str] = []
@@ -238,7 +258,7 @@ def _forget_and_prune(
         try:
             removed, kept = forget_result(completed.stdout)
             forget.sections["forget"] = {
-                "policy": repository.policy,
+                "policy": policy,
                 "group_by": repository.group_by,
                 "removed": removed,
                 "kept": kept,

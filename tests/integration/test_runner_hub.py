@@ -4,6 +4,7 @@ REST servers (restic's rest-server and `rclone serve restic`) on loopback, attac
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import itertools
 import json
@@ -57,9 +58,12 @@ class HubHost(Host):
         self.restic("backup", "-q", "--host", "web1", str(self.data), repository=self.web1)
         return json.loads(self.restic("snapshots", "--json", "--latest", "1", repository=self.web1))[0]["id"]
 
-    def maintenance(self, **repository: object) -> None:
+    def maintenance(self, retention_floor: dict | None = None, **repository: object) -> None:
+        """maintenance.json for web1; retention_floor None: no floor written (bk-run's default floor)."""
         entry = {**self.repository_entry("web1", self.web1), "policy": {"keep_last": 1}, **repository}
         config = {"lock_dir": str(self.lock_dir), "lock_timeout_seconds": 0.5, "repositories": [entry]}
+        if retention_floor is not None:
+            config["retention_floor"] = retention_floor
         (self.config / "maintenance.json").write_text(json.dumps(config))
 
     def offsite(self, **changes: object) -> Path:
@@ -120,7 +124,7 @@ def test_receipts_report_each_snapshot_file_once(hub: HubHost, reporter: FakeRep
 
 def test_maintain_forgets_and_prunes(hub: HubHost, reporter: FakeReporter) -> None:
     ids = [hub.client_backup() for _backup in range(3)]
-    hub.maintenance(cadence_seconds=604800)
+    hub.maintenance(retention_floor={}, cadence_seconds=604800)
     result = hub.run("maintain")
     assert result.returncode == 0, result.stderr
     forget, prune = by_seq(reporter)
@@ -406,3 +410,40 @@ def test_rest_server_max_size_refuses_uploads_beyond_the_limit(hub: HubHost) -> 
     assert backup.returncode != 0
     assert "507 Insufficient Storage" in backup.stderr, backup.stderr[-600:]
     assert not any((hub.web1 / "snapshots").iterdir()), "no snapshot beyond the limit"
+
+
+def _backdated_backup(hub: HubHost, days_ago: int) -> str:
+    (hub.data / "file0").write_bytes(os.urandom(3000))
+    when = (datetime.datetime.now() - datetime.timedelta(days=days_ago)).strftime("%Y-%m-%d %H:%M:%S")
+    hub.restic("backup", "-q", "--host", "web1", "--time", when, str(hub.data), repository=hub.web1)
+    return json.loads(hub.restic("snapshots", "--json", "--latest", "1", repository=hub.web1))[0]["id"]
+
+
+def test_a_client_policy_of_keep_last_1_cannot_go_below_the_default_retention_floor(
+    hub: HubHost, reporter: FakeReporter
+) -> None:
+    """A client whose host variables say keep_last 1 (what forged facts once achieved) over five
+    snapshots: a maintenance.json without a floor still keeps the last 3 and the last 7 days."""
+    ids = [_backdated_backup(hub, days_ago) for days_ago in (40, 30, 20, 10, 1)]
+    hub.maintenance(policy={"keep_last": 1})
+    result = hub.run("maintain")
+    assert result.returncode == 0, result.stderr
+    forget = by_seq(reporter)[0]
+    assert forget["forget"]["policy"] == {"keep_last": 3, "keep_within": "7d"}
+    assert sorted(forget["forget"]["removed"]) == sorted(ids[:2])
+    assert hub.snapshot_ids(hub.web1) == sorted(ids[2:])
+
+
+def test_a_client_policy_gets_the_longer_keep_within_of_the_floor(hub: HubHost, reporter: FakeReporter) -> None:
+    ids = [_backdated_backup(hub, days_ago) for days_ago in (40, 30, 20, 10, 1)]
+    hub.maintenance(retention_floor={"keep_within": "25d"}, policy={"keep_last": 1, "keep_within": "2d"})
+    assert hub.run("maintain").returncode == 0
+    assert by_seq(reporter)[0]["forget"]["policy"] == {"keep_last": 1, "keep_within": "25d"}
+    assert hub.snapshot_ids(hub.web1) == sorted(ids[2:])
+
+
+def test_maintain_refuses_a_keep_within_that_is_not_a_restic_duration(hub: HubHost) -> None:
+    hub.maintenance(retention_floor={"keep_within": "a week"})
+    result = hub.run("maintain")
+    assert result.returncode != 0
+    assert "keep_within 'a week' is not a restic duration" in result.stderr
