@@ -26,8 +26,8 @@ from psycopg.rows import dict_row
 from . import __version__, db, fleet, hosts, logs, openapi
 from .app import create_app
 from .audit import audit
-from .notify import cli as notify_cli
 from .http_protocol import with_header_deadline
+from .notify import cli as notify_cli
 from .pgcluster import ClusterError
 from .settings import Settings, SettingsError, load
 
