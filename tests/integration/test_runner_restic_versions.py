@@ -219,11 +219,17 @@ def test_a_dump_is_stored_and_read_back(host: Host, reporter: FakeReporter) -> N
     assert host.restic("dump", "latest", "/app.pgdump") == "dump bytes"
 
 
+# Tests run as root (see ENVIRONMENT.md); only this test's own directories are created there.
+STABLE_ROOT = Path("/var/lib/bk-tests")
+
+
 @pytest.fixture
 def stable_data(host: Host) -> Iterator[Path]:
     """A copy of the host's data where nothing else changes between two runs: restic compares the
-    whole tree, the directories above the backed-up path included (the test's /tmp changes all the time)."""
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[2] / ".cache") as directory:
+    whole tree, the directories above the backed-up path included, so it lives under a directory
+    of its own near the root (/tmp, or wherever a checkout lies, changes all the time)."""
+    STABLE_ROOT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=STABLE_ROOT) as directory:
         data = Path(directory) / "data"
         shutil.copytree(host.data, data)
         yield data
