@@ -52,7 +52,7 @@ def test_dripping_clients_are_cut_off_while_pages_and_health_still_answer(
     settings = {"header_timeout_seconds": str(TIMEOUT_SECONDS), "body_timeout_seconds": str(TIMEOUT_SECONDS)}
     with reporter_process(reporter_db, tmp_path, **settings) as reporter:
         header_drippers = [
-            _open(reporter.port, b"GET / HTTP/1.1\r\nHost: reporter\r\nX-Slow: ") for _ in range(HEADER_DRIPPERS)
+            _open(reporter.port, b"GET / HTTP/1.1\r\nHost: reporter\r\nX-Slow: ") for _dripper in range(HEADER_DRIPPERS)
         ]
         body_drippers = [
             _open(
@@ -60,7 +60,7 @@ def test_dripping_clients_are_cut_off_while_pages_and_health_still_answer(
                 b"POST /api/v1/manifests HTTP/1.1\r\nHost: reporter\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 100000\r\n\r\n{",
             )
-            for _ in range(BODY_DRIPPERS)
+            for _dripper in range(BODY_DRIPPERS)
         ]
         slowest_answer = 0.0
         try:
