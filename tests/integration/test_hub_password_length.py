@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -21,14 +22,15 @@ def _check(tmp_path: Path, maintenance_password: str, client_password: str) -> s
             [
                 {
                     "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars_files": [str(ROLE / "defaults" / "main.yml")],
+                    "gather_facts": True,  # the checks read the distribution (package or release)
+                    "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
                     "tasks": [{"ansible.builtin.include_tasks": str(tmp_path / "checks.yml")}],
                 }
             ]
         )
     )
-    inventory = {"all": {"hosts": {"localhost": {"ansible_connection": "local"}, "web1": {}}}}
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = {"all": {"hosts": {"localhost": local, "web1": {}}}}
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
     extra = {
         "hub_clients": ["web1"],
