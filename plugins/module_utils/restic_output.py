@@ -49,13 +49,18 @@ def _json_lines(stdout: str) -> Iterable[Dict[str, Any]]:
             yield value
 
 
+def _last_message(text: str, message_type: str) -> Optional[Dict[str, Any]]:
+    """The last JSON line of ``text`` with that ``message_type``, or None."""
+    found = None
+    for message in _json_lines(text):
+        if message.get("message_type") == message_type:
+            found = message
+    return found
+
+
 def backup_summary(stdout: str) -> Optional[Dict[str, Any]]:
     """The final ``summary`` object of ``restic backup --json``, or None if there is none."""
-    summary = None
-    for message in _json_lines(stdout):
-        if message.get("message_type") == "summary":
-            summary = message
-    return summary
+    return _last_message(stdout, "summary")
 
 
 def stats_from_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
@@ -86,11 +91,7 @@ def restic_version_tuple(version: Optional[str]) -> Optional[Tuple[int, int]]:
 
 def exit_error(stderr: str) -> Optional[Dict[str, Any]]:
     """The last ``{"message_type":"exit_error",...}`` restic 0.17+ prints on stderr with ``--json``."""
-    found = None
-    for message in _json_lines(stderr):
-        if message.get("message_type") == "exit_error":
-            found = message
-    return found
+    return _last_message(stderr, "exit_error")
 
 
 # What restic's exit codes mean (restic 0.17+ has 10-12; 0.14 exits 1 and says so in text, matched below)

@@ -109,7 +109,8 @@ def test_reporter_down_for_a_day_then_a_backlog_arrives_fires_only_what_is_still
     assert clock.step([failing(host="web2", since=yesterday)]) == []  # no repeat storm for the missed day
 
 
-def test_fleet_rows_become_alerts_with_a_scrubbed_cause_and_stable_keys():
+def fleet_row(**fields: object) -> dict:
+    """One row of the fleet_status view as the evaluator reads it: a failing backup of web1/home."""
     row = {
         "host": "web1",
         "job": "home",
@@ -124,9 +125,18 @@ def test_fleet_rows_become_alerts_with_a_scrubbed_cause_and_stable_keys():
         "unconfirmed_snapshots": 0,
         "enrolled_at": T0,
         "oldest_unconfirmed_at": None,
-        "repository_url": "rest:https://bk:s3cret@hub.lan:8000/web1/",
-        "cause": "Fatal: unable to open rest:https://bk:s3cret@hub.lan:8000/web1/\x1b[31m\nconnection refused",
+        "repository_url": None,
+        "cause": None,
     }
+    row.update(fields)
+    return row
+
+
+def test_fleet_rows_become_alerts_with_a_scrubbed_cause_and_stable_keys():
+    row = fleet_row(
+        repository_url="rest:https://bk:s3cret@hub.lan:8000/web1/",
+        cause="Fatal: unable to open rest:https://bk:s3cret@hub.lan:8000/web1/\x1b[31m\nconnection refused",
+    )
     (alert,) = alerts_from_rows([row, dict(row)])
     assert alert.key == ("web1", "home", "failing")
     assert "s3cret" not in alert.summary and "\x1b" not in alert.summary and "\n" not in alert.summary
@@ -140,22 +150,7 @@ def test_scrub_bounds_length_and_hub_of_ignores_non_rest_repositories():
 
 
 def test_a_failing_drill_is_its_own_alert_beside_the_jobs_backup():
-    base = {
-        "host": "web1",
-        "job": "home",
-        "state": "failing",
-        "last_finished_at": T0,
-        "last_success_at": None,
-        "late_at": None,
-        "stale_at": None,
-        "chain_missing": 0,
-        "chain_breaks": 0,
-        "unconfirmed_snapshots": 0,
-        "enrolled_at": T0,
-        "oldest_unconfirmed_at": None,
-        "repository_url": None,
-        "cause": "restore differs",
-    }
+    base = fleet_row(cause="restore differs")
     alerts = alerts_from_rows([{**base, "kind": "backup"}, {**base, "kind": "drill"}])
     assert sorted(a.condition for a in alerts) == ["drill_failing", "failing"]
     assert next(a for a in alerts if a.condition == "drill_failing").summary.startswith("drill: web1 job home")

@@ -85,7 +85,7 @@ def test_passwords_never_reach_the_logs() -> None:
     ids=["user-without-password", "password-without-user"],
 )
 def test_half_set_basic_auth_credentials_are_refused(environ: dict[str, str]) -> None:
-    # Half a credential used to leave the pages open while the operator thought them closed.
+    # Half a credential would leave the pages open while the operator believes them closed.
     with pytest.raises(SettingsError, match="page_basic_user and page_basic_password must be given together"):
         load({}, None, environ)
 
