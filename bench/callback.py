@@ -2,7 +2,7 @@
 
 Variants, interleaved in rotated order and repeated:
 - off: the callback not enabled (the baseline);
-- up: enabled, posting to a loopback stand-in of the reporter (tests/bk_evidence_testing.FakeReporter,
+- up: enabled, posting to a loopback stand-in of the reporter (tests/support/fake_reporter.FakeReporter,
   which verifies every signature);
 - refused: enabled, nothing listens on the reporter's port;
 - dropped: enabled, the reporter's port drops packets (a listener whose backlog is full).
@@ -30,8 +30,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line, refusing_port  # noqa: E402
 from measure import Measured, interleaved, run_measured, spread  # noqa: E402
+
+from support.fake_reporter import FakeReporter  # noqa: E402
+from support.keys import make_key, public_line  # noqa: E402
+from support.net import dropping_listener, refusing_port  # noqa: E402
 
 VARIANTS = ("off", "up", "refused", "dropped")
 LABELS = {
@@ -90,7 +93,7 @@ def run(tasks: int, hosts: int, repeat: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bk-bench-callback-") as scratch:
         directory = Path(scratch)
         inventory, playbook = write_playbook(directory, tasks, hosts)
-        key = make_key(directory, "ed25519", "controller_key")
+        key = make_key(directory, "controller_key")
         command = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(playbook)]
         results: dict[str, list[Measured]] = {variant: [] for variant in VARIANTS}
         with (

@@ -35,10 +35,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line, refusing_port  # noqa: E402
 from measure import Measured, interleaved, run_measured, spread  # noqa: E402
 
 from bk_evidence import manifest, restic_output, sshsig  # noqa: E402
+from support.fake_reporter import FakeReporter  # noqa: E402
+from support.keys import make_key, public_line  # noqa: E402
+from support.net import dropping_listener, refusing_port  # noqa: E402
 
 RESTIC = "/usr/bin/restic"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -219,7 +221,7 @@ def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
     (scratch / "empty").mkdir()
     (scratch / "lib").mkdir()
     (scratch / "lib" / "bk_evidence").symlink_to(REPO / "plugins" / "module_utils")
-    key = make_key(scratch, "ed25519", "host_key")
+    key = make_key(scratch, "host_key")
     hosts = {f"bench-{kind}{run}": [public_line(key)] for kind in VARIANTS for run in range(-1, repeat)}
     results: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
     with FakeReporter(hosts) as reporter, dropping_listener() as dropped, refusing_port() as refused:

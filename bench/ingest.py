@@ -45,6 +45,9 @@ from bk_evidence import sshsig
 from bk_reporter import db, hosts
 from bk_reporter.pgcluster import LocalCluster, find_server_bin
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.net import free_port
+
 APP_ROLE = "bk_reporter_app"
 RAW_COLUMNS = (
     "id, host, seq, prev, sha256, kind, status, job, started_at, finished_at, key_fingerprint, repository_name, "
@@ -220,12 +223,6 @@ async def post_batches(port: int, batches: list[bytes], concurrency: int) -> tup
 
 
 # -- running it --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_reporter(cluster: LocalCluster, database: str, port: int) -> subprocess.Popen[bytes]:

@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,9 @@ import psycopg
 
 from bk_reporter import db, hosts
 from bk_reporter.pgcluster import LocalCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.net import free_port
 
 APP_ROLE = "bk_reporter_app"
 HUB = "hub-00"
@@ -270,12 +272,6 @@ def stored_events(cluster: LocalCluster, name: str) -> int:
 
 
 # -- measuring ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(cluster: LocalCluster, name: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:

@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 # link that scripts/bootstrap.sh keeps under .cache/collections.
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 
-from bk_evidence_testing import RESTIC_BUILDS, tool  # noqa: E402
-
 from bk_reporter.pgcluster import LocalCluster  # noqa: E402
+from support.reporters import ReporterDatabase, migrated  # noqa: E402
+from support.tools import RESTIC_BUILDS, tool  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,9 @@ def pg_url(pg_cluster: LocalCluster) -> Iterator[str]:
 def restic_build(request: pytest.FixtureRequest) -> str:
     """The path of each supported restic in turn (a test using it runs once per version)."""
     return tool(RESTIC_BUILDS[request.param])
+
+
+@pytest.fixture
+def reporter_db(pg_url: str) -> ReporterDatabase:
+    """A fresh database with the reporter's schema; owner and application connections."""
+    return migrated(pg_url)

@@ -1,4 +1,4 @@
-"""Fixtures of the integration tests in this directory. The reporter's helpers are in reporter_fixtures.py."""
+"""Fixtures of the integration tests in this directory; their helpers are in tests/support."""
 
 from __future__ import annotations
 
@@ -7,20 +7,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bk_evidence_testing import initialized_repository
-from reporter_fixtures import Host, LiveReporter, ReporterDatabase, enroll, make_key, migrated, serving
+
+from support.keys import make_key
+from support.reporters import LiveReporter, ReporterDatabase, enroll, serving
+from support.runner_hosts import initialized_repository
+from support.signing_hosts import SigningHost
 
 
 @pytest.fixture
-def reporter_db(pg_url: str) -> ReporterDatabase:
-    """A fresh database with the reporter's schema; owner and application connections."""
-    return migrated(pg_url)
-
-
-@pytest.fixture
-def web1(reporter_db: ReporterDatabase, tmp_path: Path) -> Host:
+def web1(reporter_db: ReporterDatabase, tmp_path: Path) -> SigningHost:
     """An enrolled client host with an ed25519 key made by ssh-keygen."""
-    host = Host("web1", make_key(tmp_path, "web1"))
+    host = SigningHost("web1", make_key(tmp_path, "web1"))
     enroll(reporter_db.owner_url, host)
     return host
 

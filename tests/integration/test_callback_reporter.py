@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bk_evidence_testing import FakeReporter, dropping_listener, make_key, public_line, silent_listener
 
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import Chain
 from bk_evidence.spool import Spool
+from support.fake_reporter import FakeReporter
+from support.keys import make_key, public_line
+from support.net import dropping_listener, silent_listener
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,8 +25,8 @@ class Controller:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.controller_key = make_key(root, "ed25519", "controller_key")
-        self.host_key = make_key(root, "ed25519", "host_key")
+        self.controller_key = make_key(root, "controller_key")
+        self.host_key = make_key(root, "host_key")
         self.host_config = root / "etc"
         self.host_config.mkdir()
         host = {

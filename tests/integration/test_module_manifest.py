@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bk_evidence_testing import make_key, public_line
 
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import read_state
+from support.keys import make_key, public_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def save(name: str, path: Path) -> dict:
 
 @pytest.fixture
 def bk_host(tmp_path: Path) -> dict:
-    key = make_key(tmp_path, "ecdsa256")
+    key = make_key(tmp_path, "ecdsa256", "ecdsa256")
     config = tmp_path / "etc"
     config.mkdir()
     settings = {

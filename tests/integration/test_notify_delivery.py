@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,16 @@ import httpx
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
-from reporter_fixtures import Host, ReporterDatabase, enroll, make_key
 
 from bk_reporter.notify import store
 from bk_reporter.notify.channels import Route, send
 from bk_reporter.notify.evaluator import backoff, evaluate_once
 from bk_reporter.notify.lifecycle import Policy
 from bk_reporter.pgcluster import LocalCluster
+from support.keys import make_key
+from support.net import free_port
+from support.reporters import ReporterDatabase, enroll
+from support.signing_hosts import SigningHost
 
 NOW_POLICY = Policy(fire_after=timedelta(0))
 CAUSE = "Fatal: unable to open config file: rest:https://bk:hunter2@hub.example:8000/web1/ connection refused"
@@ -47,12 +49,6 @@ class Received:
     def note(self) -> None:
         self.arrived_at.append(time.monotonic())
         self.arrived.set()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -95,7 +91,7 @@ def smtp_receiver(received: Received) -> Iterator[int]:
             received.note()
             return "250 OK"
 
-    port = _free_port()
+    port = free_port()
     controller = Controller(Handler(), hostname="127.0.0.1", port=port)
     controller.start()
     yield port
@@ -115,7 +111,7 @@ def routes(http_receiver: int, smtp_receiver: int) -> list[Route]:
     ]
 
 
-def _ingest(reporter_url: str, host: Host, **fields: object) -> float:
+def _ingest(reporter_url: str, host: SigningHost, **fields: object) -> float:
     envelope = host.envelope(**fields)  # signed by ssh-keygen before the clock starts
     started = time.monotonic()
     response = httpx.post(f"{reporter_url}/api/v1/manifests", json=envelope, timeout=30)
@@ -123,7 +119,7 @@ def _ingest(reporter_url: str, host: Host, **fields: object) -> float:
     return started
 
 
-def _failing(host: Host) -> dict:
+def _failing(host: SigningHost) -> dict:
     return {"status": "failure", "snapshot": None, "stats": None, "error": {"exit_code": 1, "message": CAUSE}}
 
 
@@ -135,7 +131,7 @@ def _outcomes(url: str) -> list[tuple[str, str, str]]:
 
 
 def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_and_email_then_recovers(
-    reporter, web1: Host, reporter_db: ReporterDatabase, routes: list[Route], received: Received
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase, routes: list[Route], received: Received
 ):
     started = _ingest(reporter.url, web1, **_failing(web1))
     ingested = time.monotonic()
@@ -179,7 +175,7 @@ def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_a
 
 
 def test_crash_between_send_and_record_repeats_the_message_never_drops_it(
-    reporter, web1: Host, reporter_db: ReporterDatabase, routes: list[Route], received: Received
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase, routes: list[Route], received: Received
 ):
     _ingest(reporter.url, web1, **_failing(web1))
     webhook = [r for r in routes if r.name == "webhook"]
@@ -198,10 +194,10 @@ def test_crash_between_send_and_record_repeats_the_message_never_drops_it(
 
 
 def test_a_failing_channel_is_retried_with_backoff_and_its_failure_is_recorded_masked(
-    reporter, web1: Host, reporter_db: ReporterDatabase
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase
 ):
     _ingest(reporter.url, web1, **_failing(web1))
-    dead = [Route("dead", (f"json://bk:token123@127.0.0.1:{_free_port()}/hook",))]
+    dead = [Route("dead", (f"json://bk:token123@127.0.0.1:{free_port()}/hook",))]
     now = datetime.now(UTC)
     first = evaluate_once(reporter_db.app_url, dead, now, policy=NOW_POLICY)
     assert (first.sent, first.failed) == (0, 1)
@@ -233,12 +229,12 @@ def test_two_evaluators_on_one_database_never_evaluate_at_once(reporter_db: Repo
     ],
 )
 def test_the_application_role_cannot_rewrite_notification_history(
-    reporter, web1: Host, reporter_db: ReporterDatabase, statement: str
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase, statement: str
 ):
     _ingest(reporter.url, web1, **_failing(web1))
     evaluate_once(
         reporter_db.app_url,
-        [Route("dead", (f"json://127.0.0.1:{_free_port()}/",))],
+        [Route("dead", (f"json://127.0.0.1:{free_port()}/",))],
         datetime.now(UTC),
         policy=NOW_POLICY,
     )
@@ -299,10 +295,10 @@ def test_cli_notify_refuses_a_readable_routes_file_then_tells_pings_and_honours_
 
 
 def test_notifications_page_api_and_metrics_show_what_was_sent_and_what_failed(
-    reporter, web1: Host, reporter_db: ReporterDatabase, routes: list[Route]
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase, routes: list[Route]
 ):
     _ingest(reporter.url, web1, **_failing(web1))
-    dead = Route("dead", (f"json://127.0.0.1:{_free_port()}/hook",))
+    dead = Route("dead", (f"json://127.0.0.1:{free_port()}/hook",))
     webhook = next(r for r in routes if r.name == "webhook")
     evaluate_once(reporter_db.app_url, [webhook, dead], datetime.now(UTC), policy=NOW_POLICY)
     with httpx.Client(base_url=reporter.url, timeout=30) as http:
@@ -325,7 +321,7 @@ def test_notifications_page_api_and_metrics_show_what_was_sent_and_what_failed(
 def test_several_clients_failing_to_reach_one_hub_are_one_grouped_message_not_one_per_client(
     reporter, reporter_db: ReporterDatabase, tmp_path: Path, routes: list[Route], received: Received
 ):
-    clients = [Host(f"web{n}", make_key(tmp_path, f"web{n}")) for n in range(1, 4)]
+    clients = [SigningHost(f"web{n}", make_key(tmp_path, f"web{n}")) for n in range(1, 4)]
     for client in clients:
         enroll(reporter_db.owner_url, client)
         _ingest(reporter.url, client, **_failing(client))
@@ -344,7 +340,7 @@ def test_several_clients_failing_to_reach_one_hub_are_one_grouped_message_not_on
 def test_a_backlog_after_a_day_away_is_judged_by_the_manifests_times_without_a_storm(
     reporter, reporter_db: ReporterDatabase, tmp_path: Path, routes: list[Route], received: Received
 ):
-    recovered, broken = (Host(name, make_key(tmp_path, name)) for name in ("web1", "web2"))
+    recovered, broken = (SigningHost(name, make_key(tmp_path, name)) for name in ("web1", "web2"))
     for host in (recovered, broken):
         enroll(reporter_db.owner_url, host)
     # What the spools deliver when the reporter comes back: a day of manifests, oldest first.
@@ -365,7 +361,7 @@ def test_a_backlog_after_a_day_away_is_judged_by_the_manifests_times_without_a_s
 def test_a_hub_receipt_showing_a_nearly_full_disk_fires_one_hub_space_alert(
     reporter, reporter_db: ReporterDatabase, tmp_path: Path, routes: list[Route], received: Received
 ):
-    hub = Host("hub", make_key(tmp_path, "hub"))
+    hub = SigningHost("hub", make_key(tmp_path, "hub"))
     enroll(reporter_db.owner_url, hub)
     receipt = {
         "snapshots": [],

@@ -7,7 +7,8 @@ import logging
 
 import httpx
 import pytest
-from reporter_fixtures import Host
+
+from support.signing_hosts import SigningHost
 
 ACCESS_LOGGER = "bk_reporter.access"
 FIELDS = ("method", "path", "status", "client", "code")
@@ -20,7 +21,7 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
 
 
 def test_each_request_is_logged_with_its_refusal_code_and_never_its_body(
-    client: httpx.Client, web1: Host, caplog: pytest.LogCaptureFixture
+    client: httpx.Client, web1: SigningHost, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     accepted = web1.envelope()

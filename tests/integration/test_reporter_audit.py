@@ -9,14 +9,16 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from reporter_fixtures import NAMESPACE, Host, LiveReporter, make_key
 
 from bk_reporter import cli, hosts
+from support.keys import NAMESPACE, make_key
+from support.reporters import LiveReporter
+from support.signing_hosts import SigningHost
 
 
 @pytest.fixture
 def chain_of_five(
-    client: httpx.Client, reporter: LiveReporter, web1: Host, monkeypatch: pytest.MonkeyPatch
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
     envelopes = [web1.envelope() for _n in range(5)]
     response = client.post("/api/v1/manifests/batch", json=envelopes)
@@ -113,7 +115,7 @@ def test_the_human_report_names_each_break(
 def test_repository_sizes_are_rebuilt_from_the_prune_manifests_and_compared(
     client: httpx.Client,
     reporter: LiveReporter,
-    web1: Host,
+    web1: SigningHost,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -156,13 +158,13 @@ def test_a_key_added_behind_the_inventorys_back_is_caught_by_the_allowed_signers
     chain_of_five: list[str],
     client: httpx.Client,
     reporter: LiveReporter,
-    web1: Host,
+    web1: SigningHost,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The attacker has the owner's rights: enrols a key of their own for web1 and delivers a
     # manifest it signed, continuing web1's chain; everything inside the database agrees.
-    attacker = Host("web1", make_key(tmp_path, "attacker"), seq=web1.seq, prev=web1.prev)
+    attacker = SigningHost("web1", make_key(tmp_path, "attacker"), seq=web1.seq, prev=web1.prev)
     with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
         hosts.enroll(conn, [hosts.host_key("web1", attacker.public_line)])
     forged = attacker.envelope(status="success", job="home")
@@ -197,7 +199,7 @@ def test_a_retired_keys_new_manifests_are_refused_while_its_history_still_verifi
     chain_of_five: list[str],
     client: httpx.Client,
     reporter: LiveReporter,
-    web1: Host,
+    web1: SigningHost,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:

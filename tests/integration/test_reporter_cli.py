@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reporter_fixtures import Host, make_key
 
 from bk_reporter.pgcluster import LocalCluster
+from support.keys import make_key
+from support.net import free_port
+from support.signing_hosts import SigningHost
 
 BK_REPORTER = str(Path(sys.executable).parent / "bk-reporter")
 
@@ -51,7 +52,7 @@ def cluster_running(data_dir: Path) -> bool:
 
 
 def test_commands_use_the_embedded_cluster_and_leave_it_as_they_found_it(data_dir: Path, tmp_path: Path) -> None:
-    web1 = Host("web1", make_key(tmp_path, "web1"))
+    web1 = SigningHost("web1", make_key(tmp_path, "web1"))
     added = run(data_dir, "hosts", "add", "web1", "--key", web1.public_line)
     assert added.stdout.startswith("enrolled web1 ssh-ed25519 SHA256:")
     assert not cluster_running(data_dir)
@@ -73,14 +74,8 @@ def test_concurrent_first_starts_share_one_cluster(data_dir: Path) -> None:
     assert not cluster_running(data_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_every_command_works_while_serve_runs(data_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("BK_REPORTER_")}
     serve = subprocess.Popen(
         [BK_REPORTER, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
@@ -91,7 +86,7 @@ def test_every_command_works_while_serve_runs(data_dir: Path, tmp_path: Path) ->
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_healthy(url, serve)
-        web1 = Host("web1", make_key(tmp_path, "web1"))
+        web1 = SigningHost("web1", make_key(tmp_path, "web1"))
         run(data_dir, "hosts", "add", "web1", "--key", web1.public_line)
         assert httpx.post(f"{url}/api/v1/manifests", json=web1.envelope(), timeout=60).status_code == 201
         assert "web1  home  backup  ok" in run(data_dir, "status").stdout

@@ -14,7 +14,10 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from reporter_fixtures import Host, LiveReporter, row_counts
+
+from support.database import row_counts
+from support.reporters import LiveReporter
+from support.signing_hosts import SigningHost
 
 # A temporary table shadowing host_chain (the first table the derive function writes), whose
 # trigger deletes every event and enrols the attacker's key for web1 - with the owner's rights.
@@ -43,7 +46,7 @@ VALUES (%s, 'intruder', 1, 'x', 'backup', 'success', now(), now(), 'SHA256:x', '
 
 
 @pytest.fixture
-def three_events(client: httpx.Client, web1: Host) -> None:
+def three_events(client: httpx.Client, web1: SigningHost) -> None:
     response = client.post("/api/v1/manifests/batch", json=[web1.envelope() for _n in range(3)])
     assert [item["status"] for item in response.json()] == [201] * 3
 

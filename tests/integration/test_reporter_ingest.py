@@ -22,20 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from reporter_fixtures import (
-    Host,
-    LiveReporter,
-    ReporterDatabase,
-    enroll,
-    make_key,
-    rfc3339,
-    row_counts,
-    serving,
-    ssh_keygen_sign,
-)
 
 from bk_evidence import manifest as bk_manifest
 from bk_reporter.settings import Settings
+from support.database import row_counts
+from support.keys import make_key, ssh_keygen_sign
+from support.reporters import LiveReporter, ReporterDatabase, enroll, serving
+from support.signing_hosts import SigningHost, rfc3339
 
 
 def post(client: httpx.Client, envelope: object) -> httpx.Response:
@@ -60,7 +53,7 @@ def stored_row(reporter: LiveReporter, manifest_id: str) -> dict:
 
 
 def test_a_manifest_signed_by_ssh_keygen_with_an_enrolled_key_is_stored(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     envelope = web1.envelope()
     body = assert_answer(post(client, envelope), 201, "stored")
@@ -93,12 +86,12 @@ def test_every_key_type_ssh_keygen_makes_is_accepted(
     client: httpx.Client, reporter: LiveReporter, tmp_path: Path
 ) -> None:
     for key_type in ("ed25519", "ecdsa", "rsa"):
-        host = Host(f"host-{key_type}", make_key(tmp_path, key_type, key_type))
+        host = SigningHost(f"host-{key_type}", make_key(tmp_path, key_type, key_type))
         enroll(reporter.database.owner_url, host)
         assert_answer(post(client, host.envelope()), 201, "stored")
 
 
-def test_both_manifest_versions_are_stored_and_no_other(client: httpx.Client, web1: Host) -> None:
+def test_both_manifest_versions_are_stored_and_no_other(client: httpx.Client, web1: SigningHost) -> None:
     assert_answer(post(client, web1.envelope(schema="bk.manifest/v1")), 201, "stored")
     newer_stats = {"data_added": 10, "data_added_packed": 8, "backup_start": "2026-12-03T10:26:43.612085337Z"}
     newer = web1.envelope(schema="bk.manifest/v1.1", stats=newer_stats, error={"cause": "incomplete_snapshot"})
@@ -108,7 +101,7 @@ def test_both_manifest_versions_are_stored_and_no_other(client: httpx.Client, we
 
 
 def test_a_retry_with_identical_bytes_answers_200_and_stores_nothing(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     envelope = web1.envelope()
     assert_answer(post(client, envelope), 201, "stored")
@@ -118,7 +111,7 @@ def test_a_retry_with_identical_bytes_answers_200_and_stores_nothing(
     assert row_counts(reporter.database.owner_url) == before
 
 
-def test_concurrent_retries_store_once(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_concurrent_retries_store_once(client: httpx.Client, reporter: LiveReporter, web1: SigningHost) -> None:
     envelope = web1.envelope()
     with ThreadPoolExecutor(8) as pool:
         statuses = sorted(pool.map(lambda _attempt: post(client, envelope).status_code, range(16)))
@@ -126,7 +119,7 @@ def test_concurrent_retries_store_once(client: httpx.Client, reporter: LiveRepor
     assert row_counts(reporter.database.owner_url)["events"] == 1
 
 
-def test_same_id_other_content_is_a_409(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_same_id_other_content_is_a_409(client: httpx.Client, reporter: LiveReporter, web1: SigningHost) -> None:
     first = web1.envelope()
     assert_answer(post(client, first), 201, "stored")
     doc = json.loads(first["manifest"])
@@ -136,7 +129,9 @@ def test_same_id_other_content_is_a_409(client: httpx.Client, reporter: LiveRepo
     assert row_counts(reporter.database.owner_url) == before
 
 
-def test_same_host_and_seq_other_content_is_a_409(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_same_host_and_seq_other_content_is_a_409(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
+) -> None:
     assert_answer(post(client, web1.envelope()), 201, "stored")
     before = row_counts(reporter.database.owner_url)
     fork = web1.text(seq=1, prev=None, status="failure")
@@ -146,7 +141,7 @@ def test_same_host_and_seq_other_content_is_a_409(client: httpx.Client, reporter
 
 
 def test_late_arrivals_are_accepted_and_marked_by_received_at(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     envelope = web1.envelope(ago=timedelta(days=20))
     assert_answer(post(client, envelope), 201, "stored")
@@ -156,105 +151,105 @@ def test_late_arrivals_are_accepted_and_marked_by_received_at(
 
 # -- rejections: nothing written ------------------------------------------------------------------
 
-Rejection = Callable[[Host, Path], tuple[object, int, str]]
+Rejection = Callable[[SigningHost, Path], tuple[object, int, str]]
 
 
-def _changed_byte(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _changed_byte(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     envelope = host.envelope()
     envelope["manifest"] = envelope["manifest"].replace('"success"', '"warning"')
     return envelope, 401, "bad_signature"
 
 
-def _truncated_signature(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _truncated_signature(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     envelope = host.envelope()
     lines = envelope["signature"].splitlines()
     envelope["signature"] = "\n".join([*lines[:2], lines[-1]])
     return envelope, 401, "bad_signature"
 
 
-def _wrong_namespace(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _wrong_namespace(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text()
     return {"manifest": text, "signature": host.sign(text, namespace="file")}, 401, "bad_signature"
 
 
-def _garbage_signature(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _garbage_signature(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     return {"manifest": host.text(), "signature": "hello"}, 401, "bad_signature"
 
 
-def _unknown_key(host: Host, tmp: Path) -> tuple[object, int, str]:
-    stranger = Host(host.name, make_key(tmp, "stranger"))
+def _unknown_key(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
+    stranger = SigningHost(host.name, make_key(tmp, "stranger"))
     return stranger.envelope(), 401, "unknown_key"
 
 
-def _another_hosts_key(host: Host, tmp: Path) -> tuple[object, int, str]:
-    text = Host("db1", host.key).text()
+def _another_hosts_key(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
+    text = SigningHost("db1", host.key).text()
     return {"manifest": text, "signature": host.sign(text)}, 401, "key_not_for_host"
 
 
-def _not_json_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _not_json_manifest(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = "not json at all"
     return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
 
 
-def _duplicate_keys_in_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _duplicate_keys_in_manifest(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text()[:-1] + ',"status":"failure"}'
     return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
 
 
-def _nan_in_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _nan_in_manifest(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text()[:-1] + ',"x":NaN}'
     return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
 
 
-def _too_deep_manifest(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _too_deep_manifest(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text()[:-1] + ',"x":' + "[" * 40 + "]" * 40 + "}"
     return {"manifest": text, "signature": host.sign(text)}, 422, "manifest_not_json"
 
 
-def _missing_fields(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _missing_fields(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text(status=None)
     return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
 
 
-def _wrong_types(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _wrong_types(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text(seq="1")
     return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
 
 
-def _finished_before_started(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _finished_before_started(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     now = datetime.now(UTC)
     text = host.text(started_at=rfc3339(now), finished_at=rfc3339(now - timedelta(minutes=1)))
     return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
 
 
-def _from_the_future(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _from_the_future(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text(ago=timedelta(minutes=-10))
     return {"manifest": text, "signature": host.sign(text)}, 422, "future_time"
 
 
-def _seq_beyond_bigint(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _seq_beyond_bigint(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text(seq=2**64)
     return {"manifest": text, "signature": host.sign(text)}, 422, "schema_violation"
 
 
-def _manifest_too_large(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _manifest_too_large(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     text = host.text(padding="x" * (256 * 1024))
     return {"manifest": text, "signature": host.sign(text)}, 413, "too_large"
 
 
-def _extra_envelope_key(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _extra_envelope_key(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     return {**host.envelope(), "host": host.name}, 400, "bad_envelope"
 
 
-def _missing_signature(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _missing_signature(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     return {"manifest": host.text()}, 400, "bad_envelope"
 
 
-def _envelope_not_object(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _envelope_not_object(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     return [host.envelope()], 400, "bad_envelope"
 
 
-def _manifest_not_string(host: Host, tmp: Path) -> tuple[object, int, str]:
+def _manifest_not_string(host: SigningHost, tmp: Path) -> tuple[object, int, str]:
     return {"manifest": host.document(), "signature": "x"}, 400, "bad_envelope"
 
 
@@ -284,7 +279,7 @@ REJECTIONS: dict[str, Rejection] = {
 
 @pytest.mark.parametrize("case", sorted(REJECTIONS))
 def test_rejections_write_nothing(
-    case: str, client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+    case: str, client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
     assert_answer(post(client, web1.envelope()), 201, "stored")
     envelope, status, code = REJECTIONS[case](web1, tmp_path)
@@ -314,7 +309,7 @@ def test_unreadable_bodies_are_400_and_write_nothing(
     assert row_counts(reporter.database.owner_url) == before
 
 
-def test_a_retired_key_no_longer_verifies(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_a_retired_key_no_longer_verifies(client: httpx.Client, reporter: LiveReporter, web1: SigningHost) -> None:
     assert_answer(post(client, web1.envelope()), 201, "stored")
     with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
         conn.execute("UPDATE host_keys SET retired_at = now() WHERE host = 'web1'")
@@ -324,7 +319,7 @@ def test_a_retired_key_no_longer_verifies(client: httpx.Client, reporter: LiveRe
 
 
 def test_a_key_retired_while_cached_stops_new_manifests_but_not_idempotent_answers(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     """The reporter caches enrolled keys; a retirement still holds from the next INSERT on."""
     first = web1.envelope()
@@ -339,17 +334,17 @@ def test_a_key_retired_while_cached_stops_new_manifests_but_not_idempotent_answe
 
 
 def test_a_key_enrolled_for_another_host_while_cached_is_accepted_for_it(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     assert_answer(post(client, web1.envelope()), 201, "stored")  # the key is now in the cache
-    db1 = Host("db1", web1.key)
+    db1 = SigningHost("db1", web1.key)
     assert_answer(post(client, db1.envelope()), 401, "key_not_for_host")
     enroll(reporter.database.owner_url, db1)
     assert_answer(post(client, db1.envelope()), 201, "stored")
 
 
 def test_manifests_with_nul_escapes_are_stored_and_pages_still_show(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     """PostgreSQL's JSON functions refuse \\u0000; the manifest is still valid and is stored verbatim."""
     plain = web1.envelope(note="a\x00b")
@@ -380,7 +375,7 @@ def test_manifests_with_nul_escapes_are_stored_and_pages_still_show(
 
 
 def test_ingest_answers_carry_the_same_headers_as_every_answer(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     """The ingest routes are answered before Starlette's middleware: same headers, other methods as before."""
     page = client.get("/api/v1/hosts")
@@ -418,7 +413,7 @@ def test_an_oversized_body_without_a_length_is_counted_while_read(client: httpx.
 # -- batches -------------------------------------------------------------------------------------
 
 
-def test_a_batch_answers_each_item_in_order(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_a_batch_answers_each_item_in_order(client: httpx.Client, reporter: LiveReporter, web1: SigningHost) -> None:
     stored_before = web1.envelope()
     assert_answer(post(client, stored_before), 201, "stored")
     second, third = web1.envelope(), web1.envelope()
@@ -443,7 +438,9 @@ def test_a_batch_answers_each_item_in_order(client: httpx.Client, reporter: Live
     assert row_counts(reporter.database.owner_url)["events"] == 3
 
 
-def test_a_batch_repeating_an_item_stores_it_once(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_a_batch_repeating_an_item_stores_it_once(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
+) -> None:
     envelope = web1.envelope()
     response = client.post("/api/v1/manifests/batch", json=[envelope, envelope])
     assert [r["status"] for r in response.json()] == [201, 200]
@@ -451,7 +448,7 @@ def test_a_batch_repeating_an_item_stores_it_once(client: httpx.Client, reporter
 
 
 def test_batches_that_are_not_lists_or_too_long_write_nothing(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     before = row_counts(reporter.database.owner_url)
     assert_answer(client.post("/api/v1/manifests/batch", json=web1.envelope()), 400, "not_a_list")
@@ -461,9 +458,9 @@ def test_batches_that_are_not_lists_or_too_long_write_nothing(
 
 
 def test_a_mixed_batch_from_several_hosts_in_any_order_keeps_every_chain(
-    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    db1 = Host("db1", make_key(tmp_path, "db1"))
+    db1 = SigningHost("db1", make_key(tmp_path, "db1"))
     enroll(reporter.database.owner_url, db1)
     envelopes = [host.envelope() for _n in range(5) for host in (web1, db1)]
     response = client.post("/api/v1/manifests/batch", json=list(reversed(envelopes)))
@@ -476,7 +473,7 @@ def test_a_mixed_batch_from_several_hosts_in_any_order_keeps_every_chain(
 
 
 def test_ssh_keygen_verifies_what_the_reporter_stored(
-    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
     envelope = web1.envelope()
     assert_answer(post(client, envelope), 201, "stored")
@@ -506,7 +503,7 @@ def test_ssh_keygen_verifies_what_the_reporter_stored(
 
 
 def test_the_signature_covers_the_manifest_text_exactly(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     text = web1.text()
     pretty = json.dumps(json.loads(text), indent=2)
@@ -515,9 +512,9 @@ def test_the_signature_covers_the_manifest_text_exactly(
 
 
 def test_a_large_batch_is_verified_in_worker_processes_and_answered_in_order(
-    reporter_db: ReporterDatabase, web1: Host, tmp_path: Path
+    reporter_db: ReporterDatabase, web1: SigningHost, tmp_path: Path
 ) -> None:
-    db1 = Host("db1", make_key(tmp_path, "db1", "ecdsa"))
+    db1 = SigningHost("db1", make_key(tmp_path, "db1", "ecdsa"))
     enroll(reporter_db.owner_url, db1)
     envelopes = [host.envelope() for _n in range(20) for host in (web1, db1)]
     forged = {"manifest": web1.text(seq=99), "signature": envelopes[0]["signature"]}
@@ -559,7 +556,7 @@ def _certificate_for_loopback(directory: Path) -> tuple[Path, Path]:
 
 
 def test_manifests_arrive_over_https_verified_against_the_ca(
-    reporter_db: ReporterDatabase, web1: Host, tmp_path: Path
+    reporter_db: ReporterDatabase, web1: SigningHost, tmp_path: Path
 ) -> None:
     cert, key = _certificate_for_loopback(tmp_path)
     with serving(reporter_db, ssl_certfile=str(cert), ssl_keyfile=str(key)) as live:

@@ -10,7 +10,6 @@ import httpx
 import hypothesis
 import schemathesis
 from hypothesis import HealthCheck
-from reporter_fixtures import Host, LiveReporter
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -22,6 +21,8 @@ from schemathesis.checks import (
 )
 
 from bk_reporter import openapi
+from support.reporters import LiveReporter
+from support.signing_hosts import SigningHost
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 # positive_data_acceptance is left out on purpose: a schema-valid envelope whose signature
@@ -70,7 +71,7 @@ def _has_inputs(operation: schemathesis.APIOperation) -> bool:
 
 
 def test_schemathesis_finds_no_server_error_and_no_contract_violation(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     seeded = client.post("/api/v1/manifests/batch", json=[web1.envelope() for _n in range(3)])
     assert [item["status"] for item in seeded.json()] == [201] * 3

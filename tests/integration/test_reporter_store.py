@@ -13,12 +13,14 @@ import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from reporter_fixtures import Host, LiveReporter, ReporterDatabase, as_user, enroll, make_key
 
 from bk_evidence import manifest as bk_manifest
 from bk_reporter import db
 from bk_reporter.app import Reporter
 from bk_reporter.settings import Settings
+from support.keys import make_key
+from support.reporters import LiveReporter, ReporterDatabase, as_user, enroll
+from support.signing_hosts import SigningHost
 
 
 def post_all(client: httpx.Client, envelopes: list[dict[str, str]]) -> list[int]:
@@ -59,7 +61,7 @@ FORBIDDEN_TO_THE_APP = [
 
 @pytest.mark.parametrize("statement", FORBIDDEN_TO_THE_APP)
 def test_the_application_role_may_only_add_events(
-    statement: str, client: httpx.Client, reporter: LiveReporter, web1: Host
+    statement: str, client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     assert post_all(client, [web1.envelope()]) == [201]
     with psycopg.connect(reporter.database.app_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -68,7 +70,7 @@ def test_the_application_role_may_only_add_events(
 
 @pytest.mark.parametrize("statement", ["UPDATE events SET status = 'failure'", "DELETE FROM events", "TRUNCATE events"])
 def test_not_even_the_owner_may_change_events_without_the_maintenance_switch(
-    statement: str, client: httpx.Client, reporter: LiveReporter, web1: Host
+    statement: str, client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     assert post_all(client, [web1.envelope()]) == [201]
     with psycopg.connect(reporter.database.owner_url) as conn:
@@ -81,7 +83,9 @@ def test_not_even_the_owner_may_change_events_without_the_maintenance_switch(
         assert conn.execute("SELECT count(*) FROM events WHERE status = 'success'").fetchone() == (0,)
 
 
-def test_an_enrolled_key_can_be_retired_once_and_never_deleted(reporter_db: ReporterDatabase, web1: Host) -> None:
+def test_an_enrolled_key_can_be_retired_once_and_never_deleted(
+    reporter_db: ReporterDatabase, web1: SigningHost
+) -> None:
     with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
         conn.execute("UPDATE host_keys SET retired_at = now() WHERE host = 'web1'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="retired, once"):
@@ -102,7 +106,9 @@ def test_migrating_again_changes_nothing(reporter_db: ReporterDatabase) -> None:
 # -- chain state -------------------------------------------------------------------------------
 
 
-def test_gaps_are_seen_and_filled_by_late_deliveries(client: httpx.Client, reporter: LiveReporter, web1: Host) -> None:
+def test_gaps_are_seen_and_filled_by_late_deliveries(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
+) -> None:
     envelopes = [web1.envelope() for _n in range(5)]
     assert post_all(client, [envelopes[0], envelopes[3], envelopes[4]]) == [201] * 3
     detail = client.get("/api/v1/hosts/web1").json()
@@ -115,7 +121,7 @@ def test_gaps_are_seen_and_filled_by_late_deliveries(client: httpx.Client, repor
 
 
 def test_a_fork_is_a_break_at_the_seq_whose_prev_does_not_match(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     first, second = web1.envelope(), web1.envelope()
     forked = web1.envelope(web1.text(prev=bk_manifest.sha256_hex(web1.texts[0])))
@@ -130,12 +136,12 @@ def test_a_fork_is_a_break_at_the_seq_whose_prev_does_not_match(
     )
 
 
-def test_a_first_manifest_naming_a_predecessor_is_a_break(client: httpx.Client, web1: Host) -> None:
+def test_a_first_manifest_naming_a_predecessor_is_a_break(client: httpx.Client, web1: SigningHost) -> None:
     assert post_all(client, [web1.envelope(web1.text(prev="0" * 64))]) == [201]
     assert client.get("/api/v1/hosts/web1").json()["breaks"][0]["seq"] == 1
 
 
-def test_concurrent_single_posts_keep_the_chain_intact(client: httpx.Client, web1: Host) -> None:
+def test_concurrent_single_posts_keep_the_chain_intact(client: httpx.Client, web1: SigningHost) -> None:
     envelopes = [web1.envelope() for _n in range(30)]
     with ThreadPoolExecutor(10) as pool:
         statuses = list(pool.map(lambda e: client.post("/api/v1/manifests", json=e).status_code, envelopes))
@@ -148,10 +154,10 @@ def test_concurrent_single_posts_keep_the_chain_intact(client: httpx.Client, web
 
 
 def test_each_state_is_derived_from_what_arrived(
-    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    def host(name: str) -> Host:
-        machine = Host(name, make_key(tmp_path, name))
+    def host(name: str) -> SigningHost:
+        machine = SigningHost(name, make_key(tmp_path, name))
         enroll(reporter.database.owner_url, machine)
         return machine
 
@@ -185,9 +191,9 @@ def test_each_state_is_derived_from_what_arrived(
 
 
 def test_a_claim_the_hub_never_confirmed_is_unconfirmed_until_a_receipt_arrives(
-    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    hub = Host("hub1", make_key(tmp_path, "hub1"))
+    hub = SigningHost("hub1", make_key(tmp_path, "hub1"))
     enroll(reporter.database.owner_url, hub)
     claim = web1.envelope(ago=timedelta(hours=4))
     snapshot = json.loads(claim["manifest"])["snapshot"]["id"]
@@ -207,7 +213,9 @@ def test_a_claim_the_hub_never_confirmed_is_unconfirmed_until_a_receipt_arrives(
     assert fleet(client)[("web1", "home", "backup")] == "ok"
 
 
-def test_the_latest_run_is_the_one_that_finished_last_not_the_last_to_arrive(client: httpx.Client, web1: Host) -> None:
+def test_the_latest_run_is_the_one_that_finished_last_not_the_last_to_arrive(
+    client: httpx.Client, web1: SigningHost
+) -> None:
     recent = web1.envelope(status="failure", snapshot=None, ago=timedelta(minutes=1))
     older = web1.envelope(ago=timedelta(hours=2))
     assert post_all(client, [recent]) == [201]
@@ -221,9 +229,9 @@ def test_the_latest_run_is_the_one_that_finished_last_not_the_last_to_arrive(cli
 
 
 def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
-    client: httpx.Client, reporter: LiveReporter, web1: Host, tmp_path: Path
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    hub = Host("hub1", make_key(tmp_path, "hub1"))
+    hub = SigningHost("hub1", make_key(tmp_path, "hub1"))
     enroll(reporter.database.owner_url, hub)
     snapshot = "ab" * 32
     hub_fields = {"job": None, "snapshot": None, "stats": None, "cadence_seconds": None, "repository": {"name": "web1"}}
@@ -247,7 +255,7 @@ def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
 # -- reading -------------------------------------------------------------------------------------
 
 
-def test_events_are_listed_a_page_at_a_time(client: httpx.Client, web1: Host) -> None:
+def test_events_are_listed_a_page_at_a_time(client: httpx.Client, web1: SigningHost) -> None:
     envelopes = [web1.envelope(ago=timedelta(minutes=60 - i)) for i in range(7)]
     assert post_all(client, envelopes) == [201] * 7
     seen, cursor = [], None
@@ -265,7 +273,7 @@ def test_events_are_listed_a_page_at_a_time(client: httpx.Client, web1: Host) ->
     assert client.get("/api/v1/events", params={"kind": "prune"}).json() == {"events": [], "next_cursor": None}
 
 
-def test_one_event_is_served_verbatim(client: httpx.Client, web1: Host) -> None:
+def test_one_event_is_served_verbatim(client: httpx.Client, web1: SigningHost) -> None:
     envelope = web1.envelope()
     assert post_all(client, [envelope]) == [201]
     event_id = json.loads(envelope["manifest"])["id"]
@@ -288,7 +296,7 @@ def test_unknown_hosts_are_404(client: httpx.Client) -> None:
     assert client.get("/api/v1/hosts/a%00b").status_code == 404
 
 
-def test_metrics_expose_the_fleet_and_the_ingest_counters(client: httpx.Client, web1: Host) -> None:
+def test_metrics_expose_the_fleet_and_the_ingest_counters(client: httpx.Client, web1: SigningHost) -> None:
     envelope = web1.envelope()
     assert post_all(client, [envelope, envelope]) == [201, 200]
     client.post("/api/v1/manifests", content=b"nope")
@@ -305,7 +313,7 @@ def test_metrics_expose_the_fleet_and_the_ingest_counters(client: httpx.Client, 
     )
 
 
-def test_a_reader_role_reads_the_views_and_no_table(reporter_db: ReporterDatabase, web1: Host) -> None:
+def test_a_reader_role_reads_the_views_and_no_table(reporter_db: ReporterDatabase, web1: SigningHost) -> None:
     with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS bk_test_reader")
         conn.execute("CREATE ROLE bk_test_reader LOGIN")
@@ -363,7 +371,7 @@ def test_a_missing_reader_role_is_a_clear_error(reporter_db: ReporterDatabase) -
 
 
 def test_a_lost_database_connection_is_a_503_to_retry_and_the_pool_recovers(
-    client: httpx.Client, reporter: LiveReporter, web1: Host
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:

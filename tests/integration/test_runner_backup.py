@@ -12,30 +12,25 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from bk_evidence_testing import (
-    PASSWORD,
-    RESTIC,
-    FakeReporter,
-    Host,
-    dropping_listener,
-    public_line,
-    refusing_port,
-    silent_listener,
-)
-from bk_evidence_testing import append_only_hub as hub_server
 
 from bk_evidence import manifest
+from support.fake_reporter import FakeReporter
+from support.hubs import append_only_hub as hub_server
+from support.keys import public_line
+from support.net import dropping_listener, refusing_port, silent_listener
+from support.runner_hosts import PASSWORD, RunnerHost
+from support.tools import RESTIC
 
 pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
 
 
 @pytest.fixture
-def host(tmp_path: Path, empty_repository: Path) -> Host:
-    return Host(tmp_path, empty_repository)
+def host(tmp_path: Path, empty_repository: Path) -> RunnerHost:
+    return RunnerHost(tmp_path, empty_repository)
 
 
 @pytest.fixture
-def reporter(host: Host) -> Iterator[FakeReporter]:
+def reporter(host: RunnerHost) -> Iterator[FakeReporter]:
     with FakeReporter({"web1": [public_line(host.key)]}) as server:
         host.settings(reporter_url=server.url)
         yield server
@@ -46,7 +41,7 @@ SCHEMA = jsonschema.Draft202012Validator(
 )
 
 
-def test_backup_manifest_carries_restics_own_figures(host: Host, reporter: FakeReporter) -> None:
+def test_backup_manifest_carries_restics_own_figures(host: RunnerHost, reporter: FakeReporter) -> None:
     result = host.run("backup", "home")
     assert result.returncode == 0, result.stderr
     (doc,) = reporter.manifests()
@@ -78,7 +73,7 @@ def test_backup_manifest_carries_restics_own_figures(host: Host, reporter: FakeR
     assert host.outbox() == []
 
 
-def test_second_backup_chains_and_counts_changes(host: Host, reporter: FakeReporter) -> None:
+def test_second_backup_chains_and_counts_changes(host: RunnerHost, reporter: FakeReporter) -> None:
     assert host.run("backup", "home").returncode == 0
     (host.data / "file3").write_bytes(b"changed")
     assert host.run("backup", "home").returncode == 0
@@ -95,7 +90,7 @@ UNREACHABLE: list[Callable[[], AbstractContextManager[str]]] = [refusing_port, s
 
 
 @pytest.mark.parametrize("endpoint", UNREACHABLE, ids=["refused", "silent", "dropping"])
-def test_unreachable_reporter_changes_nothing_but_the_spool(host: Host, endpoint: Callable) -> None:
+def test_unreachable_reporter_changes_nothing_but_the_spool(host: RunnerHost, endpoint: Callable) -> None:
     with endpoint() as url:
         host.settings(reporter_url=url)
         result = host.run("backup", "home")
@@ -111,7 +106,7 @@ def test_unreachable_reporter_changes_nothing_but_the_spool(host: Host, endpoint
     assert host.outbox() == []
 
 
-def test_a_reporter_away_at_the_start_is_not_tried_again_after_the_work(host: Host) -> None:
+def test_a_reporter_away_at_the_start_is_not_tried_again_after_the_work(host: RunnerHost) -> None:
     """With manifests waiting, bk-run tries the reporter while restic runs; out of reach, it skips the later attempt."""
     with dropping_listener() as url:
         host.settings(reporter_url=url)
@@ -122,7 +117,7 @@ def test_a_reporter_away_at_the_start_is_not_tried_again_after_the_work(host: Ho
     assert [doc["seq"] for doc in host.outbox()] == [1, 2]
 
 
-def test_failure_is_the_exit_status_and_is_recorded(host: Host, reporter: FakeReporter) -> None:
+def test_failure_is_the_exit_status_and_is_recorded(host: RunnerHost, reporter: FakeReporter) -> None:
     host.password_file.write_text("not-the-password-123\n")
     result = host.run("backup", "home")
     assert result.returncode == 1
@@ -133,7 +128,7 @@ def test_failure_is_the_exit_status_and_is_recorded(host: Host, reporter: FakeRe
     assert "wrong password" in doc["error"]["stderr_tail"].lower()
 
 
-def test_unreadable_source_is_a_warning_with_a_snapshot(host: Host, reporter: FakeReporter) -> None:
+def test_unreadable_source_is_a_warning_with_a_snapshot(host: RunnerHost, reporter: FakeReporter) -> None:
     host.job(paths=[str(host.data), "/proc/1/mem"])
     result = host.run("backup", "home")
     assert result.returncode == 3
@@ -142,7 +137,9 @@ def test_unreadable_source_is_a_warning_with_a_snapshot(host: Host, reporter: Fa
     assert doc["snapshot"]["id"] == json.loads(host.restic("snapshots", "--json"))[0]["id"]
 
 
-def test_failing_pre_command_skips_the_backup_and_secrets_are_scrubbed(host: Host, reporter: FakeReporter) -> None:
+def test_failing_pre_command_skips_the_backup_and_secrets_are_scrubbed(
+    host: RunnerHost, reporter: FakeReporter
+) -> None:
     host.job(pre=[f"echo leaked: $(cat {host.password_file}) >&2; exit 4"])
     result = host.run("backup", "home")
     assert result.returncode == 1
@@ -154,7 +151,7 @@ def test_failing_pre_command_skips_the_backup_and_secrets_are_scrubbed(host: Hos
     assert json.loads(host.restic("snapshots", "--json")) == []
 
 
-def test_post_commands_are_told_the_outcome(host: Host, reporter: FakeReporter) -> None:
+def test_post_commands_are_told_the_outcome(host: RunnerHost, reporter: FakeReporter) -> None:
     seen = host.root / "post.env"
     host.job(post=[f"env | grep ^BK_ | sort > {seen}", ["/bin/false"]])
     result = host.run("backup", "home")
@@ -170,7 +167,7 @@ def test_post_commands_are_told_the_outcome(host: Host, reporter: FakeReporter) 
     }
 
 
-def test_dump_is_streamed_into_the_snapshot(host: Host, reporter: FakeReporter) -> None:
+def test_dump_is_streamed_into_the_snapshot(host: RunnerHost, reporter: FakeReporter) -> None:
     host.job(paths=None, dump={"type": "postgresql", "database": "app", "command": ["printf", "dump %s", "bytes"]})
     assert host.run("backup", "home").returncode == 0
     (doc,) = reporter.manifests()
@@ -178,7 +175,7 @@ def test_dump_is_streamed_into_the_snapshot(host: Host, reporter: FakeReporter) 
     assert host.restic("dump", "latest", "/app.pgdump") == "dump bytes"
 
 
-def test_failing_dump_fails_the_run(host: Host, reporter: FakeReporter) -> None:
+def test_failing_dump_fails_the_run(host: RunnerHost, reporter: FakeReporter) -> None:
     host.job(paths=None, dump={"type": "mysql", "database": "app", "command": "echo partial; echo broken >&2; exit 2"})
     assert host.run("backup", "home").returncode == 1
     (doc,) = reporter.manifests()
@@ -186,7 +183,7 @@ def test_failing_dump_fails_the_run(host: Host, reporter: FakeReporter) -> None:
     assert "dump command exited 2" in doc["error"]["message"] and "broken" in doc["error"]["stderr_tail"]
 
 
-def test_one_manifest_per_repository(host: Host, reporter: FakeReporter) -> None:
+def test_one_manifest_per_repository(host: RunnerHost, reporter: FakeReporter) -> None:
     second = host.root / "second-repo"
     host.restic("init", repository=second)
     host.job(repositories=[host.repository_entry("first"), host.repository_entry("second", second)])
@@ -199,7 +196,7 @@ def test_one_manifest_per_repository(host: Host, reporter: FakeReporter) -> None
     assert docs[0]["snapshot"]["id"] != docs[1]["snapshot"]["id"]
 
 
-def test_check_and_status(host: Host, reporter: FakeReporter) -> None:
+def test_check_and_status(host: RunnerHost, reporter: FakeReporter) -> None:
     host.job(check={"read_data_subset": "50%"})
     assert host.run("backup", "home").returncode == 0
     assert host.run("check", "home").returncode == 0
@@ -217,7 +214,7 @@ def test_check_and_status(host: Host, reporter: FakeReporter) -> None:
     assert "host web1, chain at seq 2" in text and "backup/home/local" in text
 
 
-def test_configuration_errors_exit_2_without_a_manifest(host: Host) -> None:
+def test_configuration_errors_exit_2_without_a_manifest(host: RunnerHost) -> None:
     assert host.run("backup", "nosuchjob").returncode == 2
     host.job(repositories=[])
     result = host.run("backup", "home")
@@ -225,7 +222,7 @@ def test_configuration_errors_exit_2_without_a_manifest(host: Host) -> None:
     assert host.outbox() == []
 
 
-def test_a_broken_state_directory_does_not_stop_the_backup(host: Host) -> None:
+def test_a_broken_state_directory_does_not_stop_the_backup(host: RunnerHost) -> None:
     blocker = host.root / "not-a-directory"
     blocker.write_text("")
     host.settings(state_dir=str(blocker / "state"), spool_dir=str(blocker / "spool"))
@@ -244,7 +241,7 @@ def append_only_hub(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def test_backup_to_an_append_only_rest_hub_records_no_credentials(host: Host, append_only_hub: str) -> None:
+def test_backup_to_an_append_only_rest_hub_records_no_credentials(host: RunnerHost, append_only_hub: str) -> None:
     location = host.root / "hub.repository"
     location.write_text(append_only_hub + "\n")
     env = dict(os.environ, RESTIC_PASSWORD_FILE=str(host.password_file), RESTIC_REPOSITORY_FILE=str(location))
@@ -261,7 +258,7 @@ def test_backup_to_an_append_only_rest_hub_records_no_credentials(host: Host, ap
             assert "hub-secret-for-web1" not in path.read_text(errors="replace"), path
 
 
-def test_every_repositorys_secrets_are_scrubbed_from_every_manifest(host: Host, reporter: FakeReporter) -> None:
+def test_every_repositorys_secrets_are_scrubbed_from_every_manifest(host: RunnerHost, reporter: FakeReporter) -> None:
     other_password = host.root / "other.password"
     other_password.write_text("the other repository's password\n")
     other = dict(host.repository_entry("other"), password_file=str(other_password))

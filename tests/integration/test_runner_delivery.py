@@ -7,20 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import (
-    FakeReporter,
-    dropping_listener,
-    hanging_up_listener,
-    make_key,
-    public_line,
-    refusing_port,
-    silent_listener,
-)
 
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import Chain
 from bk_evidence.delivery import deliver, reachable
 from bk_evidence.spool import Spool
+from support.fake_reporter import FakeReporter
+from support.keys import make_key, public_line
+from support.net import dropping_listener, hanging_up_listener, refusing_port, silent_listener
 
 
 @pytest.fixture
@@ -63,7 +57,7 @@ def test_client_errors_move_to_rejected_and_say_so(
 ) -> None:
     chain, key = setup
     append(chain, key, 3)
-    stranger = make_key(tmp_path, "ed25519", "stranger")
+    stranger = make_key(tmp_path, "stranger")
     now = manifest.utc_now()
     Chain(str(tmp_path / "other-state"), "web2", chain.spool).append(
         manifest.new_manifest("backup", "success", now, now), lambda data: sshsig.sign(data, str(stranger))

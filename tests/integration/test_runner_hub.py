@@ -18,25 +18,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bk_evidence_testing import (
-    HUB_SERVERS,
-    RESTIC,
-    FakeReporter,
-    Host,
-    public_line,
-    rest_hub,
-    write_htpasswd,
-)
 
 from bk_evidence import files, manifest
 from bk_evidence import hub as hub_side
+from support.fake_reporter import FakeReporter
+from support.hubs import HUB_SERVERS, rest_hub, write_htpasswd
+from support.keys import public_line
+from support.runner_hosts import RunnerHost
+from support.tools import RESTIC
 
 pytestmark = pytest.mark.skipif(
     not (os.path.exists(RESTIC) and shutil.which("rclone")), reason="restic and rclone are needed"
 )
 
 
-class HubHost(Host):
+class HubHost(RunnerHost):
     """A hub: repositories of clients under a data directory, as the REST server keeps them."""
 
     def __init__(self, root: Path, template: Path) -> None:

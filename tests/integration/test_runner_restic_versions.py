@@ -18,9 +18,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from bk_evidence_testing import RESTIC_BUILDS, FakeReporter, Host, public_line, tool
 
 from bk_evidence import manifest
+from support.fake_reporter import FakeReporter
+from support.keys import public_line
+from support.runner_hosts import RunnerHost
+from support.tools import RESTIC_BUILDS, tool
 
 SCHEMA = jsonschema.Draft202012Validator(
     manifest.JSON_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -36,12 +39,12 @@ def minor(restic: str) -> int:
 
 
 @pytest.fixture
-def host(tmp_path: Path, restic_build: str, repository_template: Callable[[str], Path]) -> Host:
-    return Host(tmp_path, repository_template(restic_build), restic_build)
+def host(tmp_path: Path, restic_build: str, repository_template: Callable[[str], Path]) -> RunnerHost:
+    return RunnerHost(tmp_path, repository_template(restic_build), restic_build)
 
 
 @pytest.fixture
-def reporter(host: Host) -> Iterator[FakeReporter]:
+def reporter(host: RunnerHost) -> Iterator[FakeReporter]:
     with FakeReporter({"web1": [public_line(host.key)]}) as server:
         host.settings(reporter_url=server.url)
         yield server
@@ -53,7 +56,7 @@ def only_manifest(reporter: FakeReporter) -> dict:
     return doc
 
 
-def test_the_manifest_keeps_every_figure_of_restics_summary(host: Host, reporter: FakeReporter) -> None:
+def test_the_manifest_keeps_every_figure_of_restics_summary(host: RunnerHost, reporter: FakeReporter) -> None:
     result = host.run("backup", "home")
     assert result.returncode == 0, result.stderr
     doc = only_manifest(reporter)
@@ -71,7 +74,7 @@ def test_the_manifest_keeps_every_figure_of_restics_summary(host: Host, reporter
     assert doc["tools"]["restic"] == version_of(host.restic_binary)
 
 
-def assert_cause(host: Host, reporter: FakeReporter, result: subprocess.CompletedProcess, cause: str) -> dict:
+def assert_cause(host: RunnerHost, reporter: FakeReporter, result: subprocess.CompletedProcess, cause: str) -> dict:
     """The cause in the manifest, and the same sentence in the journal (bk-run's stderr)."""
     doc = only_manifest(reporter)
     assert doc["error"]["cause"] == cause
@@ -79,7 +82,7 @@ def assert_cause(host: Host, reporter: FakeReporter, result: subprocess.Complete
     return doc
 
 
-def test_a_wrong_password_is_named(host: Host, reporter: FakeReporter) -> None:
+def test_a_wrong_password_is_named(host: RunnerHost, reporter: FakeReporter) -> None:
     host.password_file.write_text("not-the-password-123\n")
     result = host.run("backup", "home")
     assert result.returncode == 1
@@ -91,7 +94,7 @@ def test_a_wrong_password_is_named(host: Host, reporter: FakeReporter) -> None:
     assert doc["error"]["message"] == f"restic backup exited {code}: the repository password is wrong"
 
 
-def test_a_missing_repository_is_named(host: Host, reporter: FakeReporter) -> None:
+def test_a_missing_repository_is_named(host: RunnerHost, reporter: FakeReporter) -> None:
     host.job(repositories=[host.repository_entry("missing", host.root / "never-initialised")])
     result = host.run("backup", "home")
     assert result.returncode == 1
@@ -100,7 +103,7 @@ def test_a_missing_repository_is_named(host: Host, reporter: FakeReporter) -> No
     assert "the repository does not exist (was it initialised?)" in doc["error"]["message"]
 
 
-def held_exclusive_lock(host: Host) -> subprocess.Popen:
+def held_exclusive_lock(host: RunnerHost) -> subprocess.Popen:
     """A real `restic check` (which locks the repository exclusively), stopped while it holds the lock."""
     env = dict(os.environ, RESTIC_PASSWORD_FILE=str(host.password_file), RESTIC_CACHE_DIR=str(host.root / "c"))
 
@@ -127,7 +130,7 @@ def held_exclusive_lock(host: Host) -> subprocess.Popen:
     raise AssertionError("restic check never showed its lock")
 
 
-def test_a_locked_repository_is_named(host: Host, reporter: FakeReporter) -> None:
+def test_a_locked_repository_is_named(host: RunnerHost, reporter: FakeReporter) -> None:
     check = held_exclusive_lock(host)
     try:
         result = host.run("backup", "home")
@@ -140,7 +143,7 @@ def test_a_locked_repository_is_named(host: Host, reporter: FakeReporter) -> Non
     assert "could not lock the repository" in doc["error"]["message"]
 
 
-def test_an_unreadable_file_makes_an_incomplete_snapshot(host: Host, reporter: FakeReporter) -> None:
+def test_an_unreadable_file_makes_an_incomplete_snapshot(host: RunnerHost, reporter: FakeReporter) -> None:
     secret = host.data / "unreadable"
     secret.write_bytes(b"root only")
     secret.chmod(0)
@@ -160,7 +163,9 @@ def test_an_unreadable_file_makes_an_incomplete_snapshot(host: Host, reporter: F
     assert doc["snapshot"]["id"] == json.loads(host.restic("snapshots", "--json"))[0]["id"]
 
 
-def test_sigint_is_named_interrupted_and_the_next_repository_is_not_started(host: Host, reporter: FakeReporter) -> None:
+def test_sigint_is_named_interrupted_and_the_next_repository_is_not_started(
+    host: RunnerHost, reporter: FakeReporter
+) -> None:
     (host.data / "large").write_bytes(os.urandom(3_000_000))
     second = host.root / "second-repo"
     host.restic("init", "-q", repository=second)
@@ -189,7 +194,7 @@ def test_sigint_is_named_interrupted_and_the_next_repository_is_not_started(host
     assert json.loads(host.restic("snapshots", "--json", repository=second)) == []
 
 
-def test_a_failing_dump_fails_the_run_and_no_snapshot_is_claimed(host: Host, reporter: FakeReporter) -> None:
+def test_a_failing_dump_fails_the_run_and_no_snapshot_is_claimed(host: RunnerHost, reporter: FakeReporter) -> None:
     command = "echo partial; echo broken >&2; exit 4"
     host.job(paths=None, dump={"type": "mysql", "database": "app", "command": command})
     result = host.run("backup", "home")
@@ -211,7 +216,7 @@ def test_a_failing_dump_fails_the_run_and_no_snapshot_is_claimed(host: Host, rep
         assert doc["error"]["message"] == "dump command exited 4"
 
 
-def test_a_dump_is_stored_and_read_back(host: Host, reporter: FakeReporter) -> None:
+def test_a_dump_is_stored_and_read_back(host: RunnerHost, reporter: FakeReporter) -> None:
     host.job(paths=None, dump={"type": "postgresql", "database": "app", "command": ["printf", "dump %s", "bytes"]})
     assert host.run("backup", "home").returncode == 0
     doc = only_manifest(reporter)
@@ -224,7 +229,7 @@ STABLE_ROOT = Path("/var/lib/bk-tests")
 
 
 @pytest.fixture
-def stable_data(host: Host) -> Iterator[Path]:
+def stable_data(host: RunnerHost) -> Iterator[Path]:
     """A copy of the host's data where nothing else changes between two runs: restic compares the
     whole tree, the directories above the backed-up path included, so it lives under a directory
     of its own near the root (/tmp, or wherever a checkout lies, changes all the time)."""
@@ -236,7 +241,7 @@ def stable_data(host: Host) -> Iterator[Path]:
 
 
 def test_skip_if_unchanged_makes_no_snapshot_where_restic_can(
-    host: Host, reporter: FakeReporter, stable_data: Path
+    host: RunnerHost, reporter: FakeReporter, stable_data: Path
 ) -> None:
     host.job(skip_if_unchanged=True, paths=[str(stable_data)])
     first = host.run("backup", "home")
@@ -273,7 +278,7 @@ def test_hooks_and_dumps_see_none_of_the_runners_secrets(
     """The attack: a hook or dump command (a job file's author, or a compromised dump tool) dumps its
     environment, looking for the repository's secrets the unit's EnvironmentFile= gave bk-run."""
     restic = tool(RESTIC_BUILDS[version])
-    host = Host(tmp_path, repository_template(restic), restic)
+    host = RunnerHost(tmp_path, repository_template(restic), restic)
     seen = {phase: tmp_path / f"{phase}.env" for phase in ("pre", "post", "dump")}
     host.job(pre=[f"env > {seen['pre']}"], post=[["sh", "-c", f"env > {seen['post']}"]])
     host.job(

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import RESTIC, Host
+
+from support.runner_hosts import RunnerHost
+from support.tools import RESTIC
 
 
-def counting_host(root: Path, template: Path, restic: str) -> Host:
-    host = Host(root, template, restic)
+def counting_host(root: Path, template: Path, restic: str) -> RunnerHost:
+    host = RunnerHost(root, template, restic)
     calls = root / "restic-calls.log"
     counting = root / "restic-counting"
     counting.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {host.wrapper} "$@"\n')
@@ -26,31 +28,31 @@ def counting_host(root: Path, template: Path, restic: str) -> Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path, restic_build: str, repository_template: Callable[[str], Path]) -> Host:
+def host(tmp_path: Path, restic_build: str, repository_template: Callable[[str], Path]) -> RunnerHost:
     """A host whose bk-run uses each restic in turn, on a repository that restic initialised."""
     return counting_host(tmp_path, repository_template(restic_build), restic_build)
 
 
 @pytest.fixture
-def host_014(tmp_path: Path, empty_repository: Path) -> Host:
+def host_014(tmp_path: Path, empty_repository: Path) -> RunnerHost:
     """A restic 0.14 host: only its summary lacks the full id, so only it reads restic's cache."""
     return counting_host(tmp_path, empty_repository, RESTIC)
 
 
-def calls(host: Host) -> list[str]:
+def calls(host: RunnerHost) -> list[str]:
     log = host.root / "restic-calls.log"
     commands = log.read_text().split() if log.exists() else []
     log.write_text("")
     return [command for command in commands if command != "version"]
 
 
-def backup(host: Host) -> dict:
+def backup(host: RunnerHost) -> dict:
     result = host.run("backup", "home")
     assert result.returncode == 0, result.stderr
     return host.outbox()[-1]
 
 
-def assert_as_restic_reports(host: Host, section: dict) -> None:
+def assert_as_restic_reports(host: RunnerHost, section: dict) -> None:
     (snapshot,) = json.loads(host.restic("snapshots", "--json", section["id"]))
     for field in ("id", "short_id", "paths"):
         assert section[field] == snapshot[field], field
@@ -60,7 +62,7 @@ def assert_as_restic_reports(host: Host, section: dict) -> None:
     assert instant(section["time"].replace("Z", "+00:00")) == instant(snapshot["time"].replace("Z", "+00:00"))
 
 
-def test_later_backups_know_their_snapshot_without_asking_restic(host: Host) -> None:
+def test_later_backups_know_their_snapshot_without_asking_restic(host: RunnerHost) -> None:
     host.job(paths=[str(host.data / "file3"), str(host.data)], tags=["daily", "home", "daily"])
     first = backup(host)
     assert calls(host) == ["backup", "snapshots", "cat"], "first run: no record yet, read back"
@@ -77,7 +79,7 @@ def test_later_backups_know_their_snapshot_without_asking_restic(host: Host) -> 
     assert doc["snapshot"]["time"].endswith("Z")
 
 
-def test_changed_paths_fall_back_to_the_query(host: Host) -> None:
+def test_changed_paths_fall_back_to_the_query(host: RunnerHost) -> None:
     backup(host)
     host.job(paths=[str(host.data), str(host.root / "etc")])
     calls(host)
@@ -89,7 +91,7 @@ def test_changed_paths_fall_back_to_the_query(host: Host) -> None:
     assert calls(host) == ["backup"]
 
 
-def test_a_forgotten_parent_is_retried_without_it(host: Host) -> None:
+def test_a_forgotten_parent_is_retried_without_it(host: RunnerHost) -> None:
     gone = backup(host)["snapshot"]["id"]
     host.restic("forget", gone)
     calls(host)
@@ -104,7 +106,7 @@ def test_a_forgotten_parent_is_retried_without_it(host: Host) -> None:
     assert len(json.loads(host.restic("snapshots", "--json"))) == 1
 
 
-def test_a_repository_initialised_anew_in_place_is_described_by_its_new_id(host: Host) -> None:
+def test_a_repository_initialised_anew_in_place_is_described_by_its_new_id(host: RunnerHost) -> None:
     old_id = backup(host)["repository"]["id"]
     shutil.rmtree(host.repository)
     host.restic("init", "-q")
@@ -127,7 +129,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_doubtful_cache_file_falls_back(host_014: Host, damage: str) -> None:
+def test_a_doubtful_cache_file_falls_back(host_014: RunnerHost, damage: str) -> None:
     host = host_014
     backup(host)
     damaging = host.root / "restic-damaging"
@@ -148,14 +150,14 @@ def test_a_doubtful_cache_file_falls_back(host_014: Host, damage: str) -> None:
     assert_as_restic_reports(host, doc["snapshot"])
 
 
-def test_dump_jobs_always_read_back(host: Host) -> None:
+def test_dump_jobs_always_read_back(host: RunnerHost) -> None:
     host.job(paths=None, dump={"type": "postgresql", "database": "app", "command": ["printf", "dump"]})
     backup(host)
     backup(host)
     assert calls(host) == ["backup", "snapshots", "cat", "backup", "snapshots"]
 
 
-def test_a_damaged_parent_never_fails_a_run(host: Host) -> None:
+def test_a_damaged_parent_never_fails_a_run(host: RunnerHost) -> None:
     """Whether restic reads the parent from its cache (0.18, 0.19 here) or ignores it (0.14), or
     refuses it (0.18+ without a cached copy): the run succeeds and says what restic stored."""
     backup(host)

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 import yaml
 from psycopg import sql
-from web_fixture import SCENARIOS, StoredFleet, stored_fleet
 
 from bk_reporter.pgcluster import LocalCluster
+from support.web_fleet import SCENARIOS, StoredFleet, stored_fleet
 
 pytestmark = pytest.mark.slow
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from reporter_fixtures import LiveReporter, serving
-from web_fixture import SCENARIOS, StoredFleet, stored_fleet
 
 from bk_reporter.pgcluster import LocalCluster
 from bk_reporter.web.pages import PAGE_SIZE, TIMELINE_PAGE
 from bk_reporter.web.security import CONTENT_SECURITY_POLICY
 from bk_reporter.web.timefmt import age
+from support.reporters import LiveReporter, serving
+from support.web_fleet import SCENARIOS, StoredFleet, stored_fleet
 
 pytestmark = pytest.mark.slow
 

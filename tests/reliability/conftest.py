@@ -1,27 +1,16 @@
-"""Fixtures of the reliability suite. It reuses the integration tests' reporter helpers
-(tests/integration/reporter_fixtures.py) and the session's PostgreSQL cluster (tests/conftest.py)."""
+"""Fixtures of the reliability suite; its helpers are in tests/support, the PostgreSQL cluster and
+`reporter_db` in tests/conftest.py."""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-
-from reporter_fixtures import ReporterDatabase, migrated
-
 from bk_reporter.pgcluster import LocalCluster
-
-
-@pytest.fixture
-def reporter_db(pg_url: str) -> ReporterDatabase:
-    """A fresh database with the reporter's schema; owner and application connections."""
-    return migrated(pg_url)
+from support.reporters import ReporterDatabase, migrated
 
 
 @pytest.fixture(scope="module")

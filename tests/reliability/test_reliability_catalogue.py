@@ -19,11 +19,13 @@ import httpx
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from reliability_fixtures import MemoryHost, sshsig_ed25519, table_snapshot
-from reporter_fixtures import LiveReporter, ReporterDatabase, enroll, rfc3339, serving
 
 from bk_evidence import manifest as bk_manifest
 from bk_reporter import hosts
+from support.database import table_snapshot
+from support.keys import sshsig_ed25519
+from support.reporters import LiveReporter, ReporterDatabase, enroll, serving
+from support.signing_hosts import MemoryHost, rfc3339
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 SINGLE, BATCH = "/api/v1/manifests", "/api/v1/manifests/batch"

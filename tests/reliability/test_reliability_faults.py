@@ -20,21 +20,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from bk_evidence_testing import refusing_port
-from reliability_fixtures import (
-    MemoryHost,
-    ReporterProcess,
-    Sender,
-    chain_figures,
-    reporter_process,
-    run_audit,
-    stored_ids,
-)
-from reporter_fixtures import ReporterDatabase, enroll, migrated
 
 from bk_evidence import manifest
 from bk_evidence.spool import Spool
 from bk_reporter.pgcluster import LocalCluster
+from support.database import chain_figures, stored_ids
+from support.net import refusing_port
+from support.reporters import ReporterDatabase, ReporterProcess, enroll, migrated, reporter_process, run_audit
+from support.signing_hosts import MemoryHost, Sender
 
 
 def senders_for(database: ReporterDatabase, root: Path, count: int) -> list[Sender]:

@@ -25,11 +25,11 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_fixtures import MemoryHost, run_audit
-from reporter_fixtures import LiveReporter, ReporterDatabase, enroll, serving
 
 from bk_evidence import manifest, sshsig
 from bk_reporter import ingest
+from support.reporters import LiveReporter, ReporterDatabase, enroll, run_audit, serving
+from support.signing_hosts import MemoryHost
 
 JSON = st.recursive(
     st.none()

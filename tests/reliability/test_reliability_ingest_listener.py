@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from reliability_fixtures import free_port, reporter_process
-from reporter_fixtures import Host, ReporterDatabase, enroll, make_key
+
+from support.keys import make_key
+from support.net import free_port
+from support.reporters import ReporterDatabase, enroll, reporter_process
+from support.signing_hosts import SigningHost
 
 TOKEN = "page-t0ken-for-the-test"
 
@@ -14,7 +17,7 @@ TOKEN = "page-t0ken-for-the-test"
 def test_the_ingest_listener_serves_ingest_and_health_and_nothing_else(
     reporter_db: ReporterDatabase, tmp_path: Path
 ) -> None:
-    web1 = Host("web1", make_key(tmp_path, "web1"))
+    web1 = SigningHost("web1", make_key(tmp_path, "web1"))
     enroll(reporter_db.owner_url, web1)
     ingest_port = free_port()
     with reporter_process(

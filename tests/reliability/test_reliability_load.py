@@ -20,11 +20,13 @@ from pathlib import Path
 import httpx
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from reliability_fixtures import chain_figures, public_line_of, reporter_process, run_audit, sshsig_ed25519
-from reporter_fixtures import ReporterDatabase
 
 from bk_evidence import manifest
 from bk_reporter import hosts
+from support.database import chain_figures
+from support.keys import public_line_of, sshsig_ed25519
+from support.reporters import ReporterDatabase, reporter_process, run_audit
+from support.signing_hosts import rfc3339
 
 HOSTS = 1000
 PER_HOST = 100
@@ -45,10 +47,6 @@ class Workload:
 
     def ids(self) -> set[str]:
         return {json.loads(e["manifest"])["id"] for chain in self.chains.values() for e in chain}
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def signed_chains(names: list[str]) -> tuple[dict[str, str], dict[str, list[dict[str, str]]]]:

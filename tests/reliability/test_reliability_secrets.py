@@ -20,11 +20,14 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from bk_evidence_testing import RESTIC, Host, append_only_hub, initialized_repository, public_line
-from reliability_fixtures import reporter_process, table_snapshot
-from reporter_fixtures import ReporterDatabase
 
 from bk_reporter import hosts
+from support.database import table_snapshot
+from support.hubs import append_only_hub
+from support.keys import public_line
+from support.reporters import ReporterDatabase, reporter_process
+from support.runner_hosts import RunnerHost, initialized_repository
+from support.tools import RESTIC
 
 pytestmark = pytest.mark.skipif(
     not (os.path.exists(RESTIC) and shutil.which("rclone")), reason="restic and rclone are needed"
@@ -41,7 +44,7 @@ def files_under(*roots: Path) -> dict[str, str]:
     return {str(path): path.read_text(errors="replace") for root in roots for path in root.rglob("*") if path.is_file()}
 
 
-def hub_repository(host: Host, url: str, name: str, password: str) -> dict[str, str]:
+def hub_repository(host: RunnerHost, url: str, name: str, password: str) -> dict[str, str]:
     """A job's repository entry: a repository file holding the credentialed URL, a password file."""
     location, password_file = host.root / f"{name}.repository", host.root / f"{name}.password"
     location.write_text(url + "\n")
@@ -65,7 +68,7 @@ def test_no_secret_reaches_any_output(reporter_db: ReporterDatabase, tmp_path: P
     repository_password, hub_password, wrong_hub_password = (f"s3cr3t-{secrets.token_hex(10)}" for _n in range(3))
     for directory in ("template", "web1", "hub"):
         (tmp_path / directory).mkdir()
-    host = Host(tmp_path / "web1", initialized_repository(tmp_path / "template"))
+    host = RunnerHost(tmp_path / "web1", initialized_repository(tmp_path / "template"))
     with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
         hosts.enroll(conn, [hosts.host_key("web1", public_line(host.key))])
     with (

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
-from reliability_fixtures import reporter_process
-from reporter_fixtures import ReporterDatabase
+
+from support.reporters import ReporterDatabase, reporter_process
 
 HEADER_DRIPPERS = 400
 BODY_DRIPPERS = 20

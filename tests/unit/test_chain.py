@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import make_key, public_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from bk_evidence import chain as chain_module
 from bk_evidence import files, manifest, sshsig
 from bk_evidence.chain import Chain
 from bk_evidence.spool import Spool
+from support.keys import make_key, public_line
 
 HOST = "web1"
 

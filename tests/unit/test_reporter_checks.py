@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import make_key, public_line
 
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
@@ -26,6 +25,7 @@ from bk_reporter.ingest import (
     storable,
     verify,
 )
+from support.keys import make_key, public_line
 
 LIMITS = Limits(max_manifest_bytes=4096, future_tolerance=timedelta(minutes=5))
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

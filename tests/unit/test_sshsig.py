@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from bk_evidence_testing import KEY_SPECS, make_key, public_line
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bk_evidence import sshsig
+from support.keys import KEY_SPECS, make_key, public_line
 
 MESSAGE = b'{"schema":"bk.manifest/v1","host":"web1"}'
 KINDS = sorted(KEY_SPECS)
@@ -25,7 +25,7 @@ KINDS = sorted(KEY_SPECS)
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("keys")
-    return {kind: make_key(directory, kind) for kind in KINDS}
+    return {kind: make_key(directory, kind, kind) for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +187,11 @@ def test_invalid_public_keys(line: str) -> None:
 def test_preferred_host_key_prefers_ed25519(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         sshsig.preferred_host_key(str(tmp_path))
-    make_key(tmp_path, "rsa", "ssh_host_rsa_key")
+    make_key(tmp_path, "ssh_host_rsa_key", "rsa")
     assert sshsig.preferred_host_key(str(tmp_path)).endswith("ssh_host_rsa_key")
-    make_key(tmp_path, "ecdsa256", "ssh_host_ecdsa_key")
+    make_key(tmp_path, "ssh_host_ecdsa_key", "ecdsa256")
     assert sshsig.preferred_host_key(str(tmp_path)).endswith("ssh_host_ecdsa_key")
-    make_key(tmp_path, "ed25519", "ssh_host_ed25519_key")
+    make_key(tmp_path, "ssh_host_ed25519_key")
     assert sshsig.preferred_host_key(str(tmp_path)).endswith("ssh_host_ed25519_key")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from reporter_fixtures import ReporterDatabase, migrated
 
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
@@ -35,6 +33,8 @@ from bk_reporter import hosts
 from bk_reporter.ingest import Limits
 from bk_reporter.pgcluster import LocalCluster
 from bk_reporter.receive import receive
+from support.keys import make_key, public_line
+from support.reporters import ReporterDatabase, migrated
 
 DAY = 86400
 WEEK = 7 * DAY
@@ -464,20 +464,9 @@ class Machine:
         return bk_manifest.envelope(text, sshsig.sign(text.encode("utf-8"), str(self.key)))
 
 
-def _make_key(directory: Path, name: str, key_type: str) -> Path:
-    path = directory / name
-    options = ["-t", "ecdsa", "-b", "256"] if key_type == "ecdsa" else ["-t", key_type]
-    subprocess.run(["ssh-keygen", "-q", *options, "-N", "", "-C", f"root@{name}", "-f", str(path)], check=True)
-    return path
-
-
-def _public_line(key: Path) -> str:
-    return Path(str(key) + ".pub").read_text().strip()
-
-
 def _enroll(owner_url: str, machines: dict[str, Machine], missing: dict[str, Path]) -> dict[str, str]:
-    keys = [hosts.host_key(m.name, _public_line(m.key)) for m in machines.values()]
-    keys += [hosts.host_key(name, _public_line(path)) for name, path in missing.items()]
+    keys = [hosts.host_key(m.name, public_line(m.key)) for m in machines.values()]
+    keys += [hosts.host_key(name, public_line(path)) for name, path in missing.items()]
     with psycopg.connect(owner_url, autocommit=True) as conn:
         hosts.enroll(conn, keys)
     return {key.host: key.fingerprint for key in keys}
@@ -541,8 +530,8 @@ def build_fleet(owner_url: str, app_url: str, key_dir: Path, now: datetime | Non
     """Enroll every machine's key, then deliver three months of its signed manifests; the facts."""
     plan = FleetPlan(now or datetime.now(UTC).replace(microsecond=0))
     plan.build()
-    machines = {name: Machine(name, _make_key(key_dir, name, kind)) for name, kind in _key_types().items()}
-    missing = {name: _make_key(key_dir, name, "ed25519") for name in SCENARIOS.missing}
+    machines = {name: Machine(name, make_key(key_dir, name, kind)) for name, kind in _key_types().items()}
+    missing = {name: make_key(key_dir, name) for name in SCENARIOS.missing}
     plan.facts.fingerprints = _enroll(owner_url, machines, missing)
     signed = _chain_all(plan, machines)
     # In a thread of its own: the caller may run an event loop already (Playwright's sync API does).

@@ -1,0 +1,33 @@
+"""What the reporter's database holds, to compare before and after an attack or a fault."""
+
+from __future__ import annotations
+
+import psycopg
+
+
+def row_counts(url: str) -> dict[str, int]:
+    """Rows in every table of the reporter's schema (to show that nothing was written)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {table: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] for table in sorted(tables)}
+
+
+def table_snapshot(url: str) -> dict[str, list[str]]:
+    """Every row of every table of the reporter's schema, as sorted text (compare before/after)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {table: sorted(map(repr, conn.execute(f'SELECT * FROM "{table}"').fetchall())) for table in tables}
+
+
+def stored_ids(url: str) -> list[str]:
+    """Ids of all stored manifests, one entry per row (a duplicate row would show twice)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [str(row[0]) for row in conn.execute("SELECT id FROM events")]
+
+
+def chain_figures(url: str) -> tuple[dict[str, tuple[int, int]], int]:
+    """(events, last_seq) per host from host_chain, and the number of chain_breaks."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        chains = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT host, events, last_seq FROM host_chain")}
+        breaks = conn.execute("SELECT count(*) FROM chain_breaks").fetchone()[0]
+    return chains, breaks
