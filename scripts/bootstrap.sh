@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   restic rclone postgresql openssh-client openssh-server podman runc debootstrap uidmap
-  chromium python3-venv make git curl ca-certificates shellcheck
+  chromium python3-venv make git curl ca-certificates shellcheck haproxy
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -35,6 +35,8 @@ install_apt_packages() {
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
   # The distribution starts a cluster on install; bk runs its own throwaway clusters.
   systemctl disable --now postgresql >/dev/null 2>&1 || true
+  # Likewise HAProxy: the replica test runs its own balancer on loopback.
+  systemctl disable --now haproxy >/dev/null 2>&1 || true
 }
 
 install_venv() {
