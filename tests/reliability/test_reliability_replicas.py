@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -29,22 +28,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
-from reliability_fixtures import (
-    BK_REPORTER,
-    MemoryHost,
-    ReporterProcess,
-    Sender,
-    chain_figures,
-    free_port,
-    stored_ids,
-)
-from reporter_fixtures import ReporterDatabase
 
 from bk_reporter import hosts
-
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is installed by scripts/bootstrap.sh")
+from support.database import chain_figures, stored_ids
+from support.net import free_port
+from support.reporters import ReporterDatabase, ReporterProcess
+from support.signing_hosts import MemoryHost, Sender
+from support.tools import BK_REPORTER, HAPROXY, tool
 
 HOSTS = 24
 RUNS = 40
@@ -94,10 +84,12 @@ class Balancer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        checked = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, text=True, check=False)
+        checked = subprocess.run(
+            [tool(HAPROXY), "-c", "-f", str(self.config)], capture_output=True, text=True, check=False
+        )
         assert checked.returncode == 0, checked.stdout + checked.stderr
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=log, stderr=log)
+            self.process = subprocess.Popen([tool(HAPROXY), "-db", "-f", str(self.config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

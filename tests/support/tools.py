@@ -1,4 +1,4 @@
-"""The programs tests run: each restic bk supports, restic's rest-server, bk-reporter."""
+"""The programs tests run: each restic bk supports, restic's rest-server, bk-reporter, HAProxy."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ RESTIC_BUILDS = {
 }
 REST_SERVER = _DEBIAN_TOOLS / "trixie" / "usr" / "bin" / "restic-rest-server"
 BK_REPORTER = Path(sys.executable).parent / "bk-reporter"
+# A standard load balancer in front of reporter replicas (installed by scripts/bootstrap.sh).
+HAPROXY = Path("/usr/sbin/haproxy")
 
 
 def tool(path: Path) -> str:
