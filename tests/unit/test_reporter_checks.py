@@ -16,7 +16,6 @@ from bk_reporter.ingest import (
     EnrolledKey,
     Envelope,
     Limits,
-    Outcome,
     VerifiedManifest,
     envelope_from,
     extract_facts,
@@ -26,6 +25,7 @@ from bk_reporter.ingest import (
     storable,
     verify,
 )
+from bk_reporter.outcome import Outcome
 
 LIMITS = Limits(max_manifest_bytes=4096, future_tolerance=timedelta(minutes=5))
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
