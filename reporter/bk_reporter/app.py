@@ -28,8 +28,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import fleet, metrics, openapi, store
 from .group_commit import GroupWriter
-from .ingest import EnrolledKey, KeyRing, Limits, Outcome, parse_json_body
+from .ingest import EnrolledKey, KeyRing, Limits, parse_json_body
 from .notify import web as notify_web
+from .outcome import Outcome
 from .receive import receive_with
 from .settings import Settings
 from .verifying import Verifier

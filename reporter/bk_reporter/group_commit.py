@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from psycopg_pool import AsyncConnectionPool
 
 from . import store
-from .ingest import Outcome, VerifiedManifest
+from .ingest import VerifiedManifest
+from .outcome import Outcome
 
 WRITERS = 2
 

@@ -29,21 +29,10 @@ from typing import Any
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
 
+from .outcome import Outcome, key_not_for_host, unknown_key
+
 # PostgreSQL's bigint; larger figures are not stored (and fail validation here).
 BIGINT_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The answer for one manifest: its HTTP status, a machine code and a human sentence."""
-
-    status: int
-    code: str
-    message: str
-    manifest_id: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"status": self.status, "code": self.code, "message": self.message, "id": self.manifest_id}
 
 
 @dataclass(frozen=True)
@@ -196,7 +185,7 @@ def signed_by(envelope: Envelope, limits: Limits) -> SignedBy | Outcome:
 def verify(signed: SignedBy, keys: KeyRing, limits: Limits, now: datetime) -> VerifiedManifest | Outcome:
     enrolled = keys.get(signed.fingerprint)
     if enrolled is None:
-        return Outcome(401, "unknown_key", f"the key {signed.fingerprint} is not enrolled (or has been retired)")
+        return unknown_key(signed.fingerprint)
     try:
         sshsig.verify_parsed(signed.message, signed.parsed, [enrolled.public_key])
     except sshsig.SignatureError as exc:
@@ -208,9 +197,7 @@ def verify(signed: SignedBy, keys: KeyRing, limits: Limits, now: datetime) -> Ve
     manifest_id = doc["id"] if isinstance(doc.get("id"), str) else None
     host = doc.get("host")
     if isinstance(host, str) and host not in enrolled.hosts:
-        return Outcome(
-            401, "key_not_for_host", f"the key {signed.fingerprint} is not enrolled for host {host!r}", manifest_id
-        )
+        return key_not_for_host(signed.fingerprint, host, manifest_id)
     errors = bk_manifest.validate(doc)
     if errors:
         return Outcome(422, "schema_violation", "the manifest is not valid: " + "; ".join(errors[:5]), manifest_id)

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__
 from .fleet import STATES
-from .ingest import Outcome
+from .outcome import Outcome
 
 JOB_STATES = tuple(state for state in STATES if state != "missing")
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from .ingest import EnrolledKey, Outcome, VerifiedManifest
+from .ingest import EnrolledKey, VerifiedManifest
+from .outcome import Outcome, key_not_for_host, unknown_key
 
 DEADLOCK_RETRIES = 3
 
@@ -145,19 +146,9 @@ async def _rivals(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedMan
 def _classify(manifest: VerifiedManifest, rivals: Sequence[StoredRival], keys: dict[str, EnrolledKey]) -> Outcome:
     enrolled = keys.get(manifest.key_fingerprint)
     if enrolled is None:
-        return Outcome(
-            401,
-            "unknown_key",
-            f"the key {manifest.key_fingerprint} is not enrolled (or has been retired)",
-            manifest.manifest_id,
-        )
+        return unknown_key(manifest.key_fingerprint, manifest.manifest_id)
     if manifest.host not in enrolled.hosts:
-        return Outcome(
-            401,
-            "key_not_for_host",
-            f"the key {manifest.key_fingerprint} is not enrolled for host {manifest.host!r}",
-            manifest.manifest_id,
-        )
+        return key_not_for_host(manifest.key_fingerprint, manifest.host, manifest.manifest_id)
     same_id = next((r for r in rivals if r.id == manifest.id), None)
     if same_id is not None and same_id.manifest == manifest.manifest:
         return Outcome(200, "duplicate", "this manifest is already stored (identical bytes)", manifest.manifest_id)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 
-from .ingest import KeyRing, Limits, Outcome, SignedBy, VerifiedManifest, verify
+from .ingest import KeyRing, Limits, SignedBy, VerifiedManifest, verify
+from .outcome import Outcome
 
 PARALLEL_FROM = 16
 

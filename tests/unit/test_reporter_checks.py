@@ -15,7 +15,6 @@ from bk_reporter.ingest import (
     EnrolledKey,
     Envelope,
     Limits,
-    Outcome,
     VerifiedManifest,
     envelope_from,
     extract_facts,
@@ -25,6 +24,7 @@ from bk_reporter.ingest import (
     storable,
     verify,
 )
+from bk_reporter.outcome import Outcome
 from support.keys import make_key, public_line
 
 LIMITS = Limits(max_manifest_bytes=4096, future_tolerance=timedelta(minutes=5))

@@ -12,8 +12,8 @@ from openapi_spec_validator import validate
 from bk_reporter import openapi
 from bk_reporter.cli import status_table
 from bk_reporter.fleet import fleet_document
-from bk_reporter.ingest import Outcome
 from bk_reporter.metrics import IngestCounters, exposition
+from bk_reporter.outcome import Outcome
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 JOB = {

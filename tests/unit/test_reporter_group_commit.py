@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from bk_reporter import group_commit
-from bk_reporter.ingest import Outcome
+from bk_reporter.outcome import Outcome
 
 
 class FakePool:
