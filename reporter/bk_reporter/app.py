@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from . import fleet, metrics, openapi, store
+from . import fleet, metrics, openapi, readmodel, store
 from .group_commit import GroupWriter
 from .ingest import EnrolledKey, KeyRing, Limits, parse_json_body
 from .notify import web as notify_web
@@ -278,52 +278,57 @@ class Reporter:
             return await cursor.fetchall()
 
     async def list_hosts(self, request: Request) -> Response:
-        hosts = await self._rows(fleet.HOST_ROWS)
-        jobs = await self._rows(fleet.JOB_ROWS)
-        return JSONResponse(fleet.fleet_document(hosts, jobs, datetime.now(UTC)))
+        async with self.pool.connection() as conn:
+            state = await readmodel.fleet(conn)
+        return JSONResponse(fleet.fleet_document(state.hosts, state.jobs, datetime.now(UTC)))
 
     async def get_host(self, request: Request) -> Response:
         name = request.path_params["host"]
         no_such_host = Outcome(404, "no_such_host", "no such host: neither enrolled nor reporting")
         if not fleet.usable_text(name):
             return _answer(no_such_host)
-        params = {"host": name, "limit": fleet.HOST_DETAIL_LIMIT}
-        host_rows = await self._rows(fleet.ONE_HOST_ROW, params)
-        if not host_rows:
-            return _answer(no_such_host)
-        details = fleet.HostDetails(
-            keys=await self._rows(fleet.HOST_KEYS, params),
-            gaps=await self._rows(fleet.CHAIN_GAPS, params),
-            breaks=await self._rows(fleet.CHAIN_BREAKS, params),
-            snapshots=await self._rows(fleet.HOST_SNAPSHOTS, {"host": name, "limit": fleet.HOST_SNAPSHOTS_LIMIT}),
-        )
-        jobs = await self._rows(fleet.ONE_HOST_JOB_ROWS, params)
-        return JSONResponse(fleet.host_detail_document(host_rows[0], jobs, details, datetime.now(UTC)))
+        async with self.pool.connection() as conn:
+            summary = await readmodel.host(conn, name)
+            if summary is None:
+                return _answer(no_such_host)
+            chain = await readmodel.chain(conn, summary, fleet.HOST_DETAIL_LIMIT)
+            details = fleet.HostDetails(
+                keys=await readmodel.host_keys(conn, name),
+                gaps=chain.gaps,
+                breaks=chain.breaks,
+                snapshots=await readmodel.snapshots(conn, name, fleet.HOST_SNAPSHOTS_LIMIT),
+            )
+            jobs = await readmodel.host_jobs(conn, name)
+        return JSONResponse(fleet.host_detail_document(summary, jobs, details, datetime.now(UTC)))
 
     async def list_events(self, request: Request) -> Response:
         try:
             query = fleet.event_query(request.query_params)
         except fleet.BadParameter as exc:
             return _answer(Outcome(400, "bad_parameter", str(exc)))
-        statement, params = fleet.events_sql(query)
-        return JSONResponse(fleet.events_page_document(await self._rows(statement, params), query))
+        async with self.pool.connection() as conn:
+            rows = await readmodel.events(conn, query)
+        return JSONResponse(fleet.events_page_document(rows, query))
 
     async def get_event(self, request: Request) -> Response:
         try:
             event_id = uuid.UUID(request.path_params["id"])
         except ValueError:
             event_id = None
-        rows = await self._rows(fleet.EVENT_DETAIL, {"id": event_id}) if event_id else []
-        if not rows:
+        row = None
+        if event_id is not None:
+            async with self.pool.connection() as conn:
+                row = await readmodel.event(conn, event_id)
+        if row is None:
             return _answer(Outcome(404, "no_such_event", "no event with this id is stored"))
-        return JSONResponse(fleet.event_document(rows[0]))
+        return JSONResponse(fleet.event_document(row))
 
     async def metrics(self, request: Request) -> Response:
-        jobs = await self._rows(metrics.METRICS_JOB_ROWS)
-        hosts = await self._rows(metrics.METRICS_HOST_ROWS)
+        async with self.pool.connection() as conn:
+            state = await readmodel.fleet(conn)
         notifications = await notify_web.metrics_text(self.pool)
         return PlainTextResponse(
-            metrics.exposition(jobs, hosts, self.counters) + notifications,
+            metrics.exposition(state.jobs, state.hosts, self.counters) + notifications,
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 

@@ -8,6 +8,7 @@ the private cluster starts it and the last one stops it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import signal
@@ -21,9 +22,8 @@ from typing import Any
 
 import psycopg
 import uvicorn
-from psycopg.rows import dict_row
 
-from . import __version__, db, fleet, hosts, logs, openapi
+from . import __version__, db, fleet, hosts, logs, openapi, readmodel
 from .app import create_app
 from .audit import audit
 from .http_protocol import with_header_deadline
@@ -225,15 +225,18 @@ HOST_ACTIONS: dict[str, Callable[[psycopg.Connection, argparse.Namespace], int]]
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     with db.database(settings) as targets:
         db.ensure_current_schema(targets, settings)
-        with psycopg.connect(targets.app_url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cursor:
-            host_rows = cursor.execute(fleet.HOST_ROWS).fetchall()
-            job_rows = cursor.execute(fleet.JOB_ROWS).fetchall()
-    document = fleet.fleet_document(host_rows, job_rows, datetime.now(UTC))
+        state = asyncio.run(_read_fleet(targets.app_url))
+    document = fleet.fleet_document(state.hosts, state.jobs, datetime.now(UTC))
     if args.json:
         print(json.dumps(document, indent=2))
     else:
         print(status_table(document))
     return EXIT_OK
+
+
+async def _read_fleet(url: str) -> readmodel.Fleet:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await readmodel.fleet(conn)
 
 
 def _age(seconds: float | None) -> str:

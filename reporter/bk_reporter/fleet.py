@@ -1,7 +1,5 @@
-"""The read side: fleet state and events, from the named views, as JSON documents.
-
-The SQL lives here as named queries over the views of migrations/0003_views.sql; the
-functions turn rows into the documents the API serves and `bk-reporter status` prints.
+"""The read model (readmodel.py) rendered as JSON: the documents the API serves and
+`bk-reporter status` prints, and the API's event query parameters.
 """
 
 from __future__ import annotations
@@ -15,76 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg import sql
+from .readmodel import STATES, EventQuery
 
-STATES = ("stale", "missing", "failing", "gap", "unconfirmed", "late", "ok")
 EVENTS_PAGE_DEFAULT = 100
 EVENTS_PAGE_MAX = 1000
 HOST_DETAIL_LIMIT = 100
 HOST_SNAPSHOTS_LIMIT = 50
-
-JOB_ROWS = """
-SELECT host, job, kind, state, last_status, last_event_id, last_started_at, last_finished_at,
-       last_duration_seconds, last_data_added, last_snapshot_id, cadence_seconds, last_success_at,
-       late_at, stale_at, runs, failures, unconfirmed_snapshots
-  FROM fleet_status
- ORDER BY host, bk_state_rank(state), job, kind
-"""
-
-HOST_ROWS = """
-SELECT host, state, active_keys, events, last_seq, chain_missing, chain_breaks, last_received_at
-  FROM host_status
- ORDER BY bk_state_rank(state), host
-"""
-
-ONE_HOST_JOB_ROWS = """
-SELECT host, job, kind, state, last_status, last_event_id, last_started_at, last_finished_at,
-       last_duration_seconds, last_data_added, last_snapshot_id, cadence_seconds, last_success_at,
-       late_at, stale_at, runs, failures, unconfirmed_snapshots
-  FROM fleet_status
- WHERE host = %(host)s
- ORDER BY bk_state_rank(state), job, kind
-"""
-
-ONE_HOST_ROW = """
-SELECT host, state, active_keys, events, last_seq, chain_missing, chain_breaks, last_received_at
-  FROM host_status
- WHERE host = %(host)s
-"""
-
-HOST_KEYS = """
-SELECT fingerprint, key_type, comment, enrolled_at, retired_at
-  FROM host_keys WHERE host = %(host)s ORDER BY enrolled_at, fingerprint
-"""
-
-CHAIN_GAPS = "SELECT first_missing, last_missing FROM chain_gaps(%(host)s) LIMIT %(limit)s"
-
-CHAIN_BREAKS = """
-SELECT seq, expected_prev, found_prev, detected_at
-  FROM chain_breaks WHERE host = %(host)s ORDER BY seq LIMIT %(limit)s
-"""
-
-HOST_SNAPSHOTS = """
-SELECT snapshot_id, job, repository_name, claimed_at, received, hub_host, arrived_at, size_bytes,
-       offsite, offsite_destination_names, first_offsite_at
-  FROM snapshot_lineage
- WHERE host = %(host)s AND claimed
- ORDER BY claimed_at DESC
- LIMIT %(limit)s
-"""
-
-EVENT_COLUMNS = """
-id, host, seq, prev, sha256, kind, status, job, started_at, finished_at, received_at, duration_seconds,
-key_fingerprint, repository_name, snapshot_id, data_added
-"""
-
-EVENTS_PAGE = "SELECT {columns} FROM event_facts WHERE {where} ORDER BY finished_at, id LIMIT %(limit)s"
-
-EVENT_DETAIL = """
-SELECT f.*, e.manifest, e.signature
-  FROM event_facts f JOIN events e ON e.id = f.id
- WHERE f.id = %(id)s
-"""
 
 
 class BadParameter(ValueError):
@@ -222,15 +156,6 @@ def _snapshot_document(row: Mapping[str, Any]) -> dict[str, Any]:
 # -- events ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EventQuery:
-    host: str | None
-    kind: str | None
-    since: datetime | None
-    after: tuple[datetime, uuid.UUID] | None
-    limit: int
-
-
 def usable_text(value: str) -> bool:
     """Whether a name from a URL can be looked up (PostgreSQL text holds no NUL)."""
     return "\x00" not in value and len(value) <= 1000
@@ -280,26 +205,6 @@ def event_query(params: Mapping[str, str]) -> EventQuery:
         after=_decode_cursor(cursor) if cursor is not None else None,
         limit=int(limit_text),
     )
-
-
-def events_sql(query: EventQuery) -> tuple[sql.Composed, dict[str, Any]]:
-    """Keyset pagination in (finished_at, id) order, through events_by_time / events_by_host_time."""
-    conditions = [sql.SQL("true")]
-    params: dict[str, Any] = {"limit": query.limit + 1}
-    if query.host is not None:
-        conditions.append(sql.SQL("host = %(host)s"))
-        params["host"] = query.host
-    if query.kind is not None:
-        conditions.append(sql.SQL("kind = %(kind)s"))
-        params["kind"] = query.kind
-    if query.since is not None:
-        conditions.append(sql.SQL("finished_at >= %(since)s"))
-        params["since"] = query.since
-    if query.after is not None:
-        conditions.append(sql.SQL("(finished_at, id) > (%(after_time)s, %(after_id)s)"))
-        params["after_time"], params["after_id"] = query.after
-    statement = sql.SQL(EVENTS_PAGE).format(columns=sql.SQL(EVENT_COLUMNS), where=sql.SQL(" AND ").join(conditions))
-    return statement, params
 
 
 def event_document(row: Mapping[str, Any]) -> dict[str, Any]:

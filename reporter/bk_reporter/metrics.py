@@ -1,6 +1,6 @@
 """/metrics in the Prometheus text exposition format (version 0.0.4), written by hand.
 
-Fleet gauges come from the fleet_status and host_status views at scrape time; ingest
+Fleet gauges come from the read model (readmodel.fleet) at scrape time; ingest
 counters are kept in this process since it started (Prometheus handles the resets).
 The alert rules in reporter/prometheus/alerts.yml use these names.
 """
@@ -14,24 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from . import __version__
-from .fleet import STATES
 from .outcome import Outcome
+from .readmodel import STATES
 
 JOB_STATES = tuple(state for state in STATES if state != "missing")
-
-METRICS_JOB_ROWS = """
-SELECT host, job, kind, state, last_finished_at, last_success_at, last_duration_seconds, last_data_added,
-       cadence_seconds, unconfirmed_snapshots
-  FROM fleet_status
- WHERE kind IS NOT NULL
- ORDER BY host, job, kind
-"""
-
-METRICS_HOST_ROWS = """
-SELECT host, state, chain_missing, chain_breaks
-  FROM host_status
- ORDER BY host
-"""
 
 
 @dataclass
@@ -86,7 +72,9 @@ JOB_GAUGES = (
 )
 
 
-def _job_families(out: _Exposition, jobs: Sequence[Mapping[str, Any]]) -> None:
+def _job_families(out: _Exposition, fleet_jobs: Sequence[Mapping[str, Any]]) -> None:
+    # The fleet's "missing" rows (no job, no kind) are hosts, counted by bk_host_state.
+    jobs = sorted((job for job in fleet_jobs if job["kind"] is not None), key=_job_key)
     out.family("bk_job_state", "gauge", "1 for the current state of a job (host, job, kind), 0 for the others.")
     for job in jobs:
         for state in JOB_STATES:
@@ -101,7 +89,12 @@ def _job_families(out: _Exposition, jobs: Sequence[Mapping[str, Any]]) -> None:
             out.sample(name, _labels(host=job["host"], job=job["job"], kind=job["kind"]), value)
 
 
-def _host_families(out: _Exposition, hosts: Sequence[Mapping[str, Any]]) -> None:
+def _job_key(job: Mapping[str, Any]) -> tuple[str, str, str]:
+    return job["host"], job["job"] or "", job["kind"]
+
+
+def _host_families(out: _Exposition, fleet_hosts: Sequence[Mapping[str, Any]]) -> None:
+    hosts = sorted(fleet_hosts, key=lambda host: host["host"])
     out.family("bk_host_state", "gauge", "1 for the worst state among a host's jobs, 0 for the others.")
     for host in hosts:
         for state in STATES:

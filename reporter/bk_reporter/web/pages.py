@@ -1,4 +1,4 @@
-"""What each page shows: its queries (queries.py) run on one connection, the rows shaped for its template."""
+"""What each page shows: the read model (readmodel.py) read on one connection, shaped for its template."""
 
 from __future__ import annotations
 
@@ -11,25 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import psycopg
-from psycopg.rows import dict_row
-
 from bk_evidence import sshsig
 
-from ..fleet import STATES
-from . import queries
+from .. import readmodel
+from ..readmodel import STATES
 from .charts import Point, line_chart
 from .timefmt import absolute_text, duration
 
-STATE_MEANINGS = {
-    "stale": "no success for twice the job's cadence (48 h for a backup that declares none)",
-    "missing": "enrolled, but has never reported",
-    "failing": "the latest run failed",
-    "gap": "the host's chain misses manifests or has a link that does not hold",
-    "unconfirmed": "the host claims a snapshot that no hub receipt has confirmed",
-    "late": "the next run is overdue (past its cadence and a grace period)",
-    "ok": "on time, confirmed by the hub, chain intact",
-}
 PAGE_SIZE = 50
 SPARK_RUNS = 20
 TREND_RUNS = 60
@@ -115,23 +103,15 @@ class Cursor:
             raise BadRequest("before is not a position this page handed out") from exc
 
 
-async def _rows(conn: psycopg.AsyncConnection, statement: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-    async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(statement, params)
-        return await cursor.fetchall()
-
-
-async def _first(conn: psycopg.AsyncConnection, statement: str, params: Mapping[str, Any]) -> Row | None:
-    found = await _rows(conn, statement, params)
-    return found[0] if found else None
+Connection = readmodel.Connection
 
 
 # -- fleet overview -------------------------------------------------------------------------
 
 
-async def overview(conn: psycopg.AsyncConnection, filters: Filters) -> dict[str, Any]:
-    params = {**filters.params, "limit": PAGE_SIZE, "offset": (filters.page - 1) * PAGE_SIZE, "runs": SPARK_RUNS}
-    rows = await _rows(conn, queries.OVERVIEW, params)
+async def overview(conn: Connection, filters: Filters) -> dict[str, Any]:
+    offset = (filters.page - 1) * PAGE_SIZE
+    rows = await readmodel.overview(conn, filters.params, PAGE_SIZE, offset, SPARK_RUNS)
     facets = rows[0]["facets"]
     counts = {state: facets["state"].get(state, 0) for state in STATES}
     total = counts[filters.state] if filters.state else sum(counts.values())
@@ -143,7 +123,7 @@ async def overview(conn: psycopg.AsyncConnection, filters: Filters) -> dict[str,
         "rows": [row for row in rows if row["host"] is not None],
         "total": total,
         "pages": max(1, math.ceil(total / PAGE_SIZE)),
-        "totals": await _first(conn, queries.FLEET_TOTALS, {}),
+        "totals": await readmodel.fleet_totals(conn),
     }
 
 
@@ -179,40 +159,29 @@ def _trends(rows: Sequence[Row]) -> dict[str, list[str]]:
     return {job: _trend_charts(job, runs) for job, runs in by_job.items()}
 
 
-async def _chain(conn: psycopg.AsyncConnection, summary: Row) -> dict[str, list[Row]]:
-    params = {"host": summary["host"], "limit": DETAIL_LIMIT}
-    gaps = await _rows(conn, queries.CHAIN_GAPS, params) if summary["chain_missing"] else []
-    breaks = await _rows(conn, queries.CHAIN_BREAKS, params) if summary["chain_breaks"] else []
-    return {"gaps": gaps, "breaks": breaks}
-
-
-async def _timeline(conn: psycopg.AsyncConnection, host: str, before: Cursor | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"host": host, "limit": TIMELINE_PAGE + 1}
-    statement = queries.TIMELINE_FIRST
-    if before is not None:
-        statement = queries.TIMELINE_AFTER
-        params |= {"before_time": before.finished_at, "before_id": before.event_id}
-    rows = await _rows(conn, statement, params)
+async def _timeline(conn: Connection, host: str, before: Cursor | None) -> dict[str, Any]:
+    position = None if before is None else (before.finished_at, before.event_id)
+    rows = await readmodel.timeline(conn, host, position, TIMELINE_PAGE + 1)
     shown = rows[:TIMELINE_PAGE]
     more = len(rows) > TIMELINE_PAGE
     older = Cursor(shown[-1]["finished_at"], shown[-1]["id"]).token() if more else None
     return {"events": shown, "older": older, "paged": before is not None}
 
 
-async def host_page(conn: psycopg.AsyncConnection, host: str, before: Cursor | None) -> dict[str, Any] | None:
-    summary = await _first(conn, queries.HOST_SUMMARY, {"host": host})
+async def host_page(conn: Connection, host: str, before: Cursor | None) -> dict[str, Any] | None:
+    summary = await readmodel.host(conn, host)
     if summary is None:
         return None
-    params = {"host": host, "limit": DETAIL_LIMIT}
+    chain = await readmodel.chain(conn, summary, DETAIL_LIMIT)
     return {
         "host": summary,
-        "keys": await _rows(conn, queries.HOST_KEYS, params),
-        "jobs": await _rows(conn, queries.HOST_JOBS, params),
-        "chain": await _chain(conn, summary),
-        "trends": _trends(await _rows(conn, queries.HOST_TRENDS, {"host": host, "runs": TREND_RUNS})),
-        "lineage": await _rows(conn, queries.HOST_LINEAGE, {"host": host, "limit": LINEAGE_LIMIT}),
-        "unclaimed": await _rows(conn, queries.UNCLAIMED_SNAPSHOTS, {"host": host, "limit": LINEAGE_LIMIT}),
-        "drills": await _rows(conn, queries.HOST_DRILLS, {"host": host, "limit": DRILL_LIMIT}),
+        "keys": await readmodel.host_keys(conn, host),
+        "jobs": await readmodel.host_jobs(conn, host),
+        "chain": {"gaps": chain.gaps, "breaks": chain.breaks},
+        "trends": _trends(await readmodel.trends(conn, host, TREND_RUNS)),
+        "lineage": await readmodel.snapshots(conn, host, LINEAGE_LIMIT),
+        "unclaimed": await readmodel.unclaimed_snapshots(conn, host, LINEAGE_LIMIT),
+        "drills": await readmodel.drills(conn, host, DRILL_LIMIT),
         "timeline": await _timeline(conn, host, before),
         "trend_runs": TREND_RUNS,
     }
@@ -221,9 +190,9 @@ async def host_page(conn: psycopg.AsyncConnection, host: str, before: Cursor | N
 # -- stale and missing ----------------------------------------------------------------------
 
 
-async def overdue_page(conn: psycopg.AsyncConnection, page: int) -> dict[str, Any]:
-    overdue = await _rows(conn, queries.OVERDUE, {"limit": PAGE_SIZE, "offset": (page - 1) * PAGE_SIZE})
-    never = await _rows(conn, queries.NEVER_REPORTED, {"limit": DETAIL_LIMIT})
+async def overdue_page(conn: Connection, page: int) -> dict[str, Any]:
+    found = await readmodel.overdue(conn, PAGE_SIZE, (page - 1) * PAGE_SIZE, DETAIL_LIMIT)
+    overdue, never = found.jobs, found.never_reported
     total = overdue[0]["total"] if overdue else 0
     return {
         "overdue": overdue,
@@ -286,8 +255,8 @@ def pretty_manifest(text: str) -> str:
     return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
 
 
-async def event_page(conn: psycopg.AsyncConnection, event_id: uuid.UUID) -> dict[str, Any] | None:
-    row = await _first(conn, queries.EVENT, {"id": event_id})
+async def event_page(conn: Connection, event_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await readmodel.event(conn, event_id)
     if row is None:
         return None
     return {

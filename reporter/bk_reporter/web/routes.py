@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import readmodel
 from . import pages
 from .charts import sparkline
 from .security import PageAuth, PageProtection
@@ -59,7 +60,7 @@ def _environment() -> Environment:
     environment.filters.update(
         ago=_ago, rel=_rel, since=_since, when=absolute_tag, size=size, duration=duration, spark=_spark
     )
-    environment.globals.update(states=pages.STATES, meanings=pages.STATE_MEANINGS)
+    environment.globals.update(states=readmodel.STATES, meanings=readmodel.STATE_MEANINGS)
     return environment
 
 
