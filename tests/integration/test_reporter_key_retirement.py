@@ -77,3 +77,23 @@ def test_an_absent_hosts_key_is_reported_then_retired_only_when_asked_and_once(
     again = _play(reporter_db, tmp_path, "-e", "reporter_retire_absent_keys=true")
     assert _changed(again.stdout) == 0
     assert "no longer in the inventory" not in again.stdout
+
+
+def test_a_second_active_key_of_a_type_is_a_warning_in_the_cli_and_the_play(
+    reporter_db: ReporterDatabase, tmp_path: Path
+) -> None:
+    env = dict(
+        os.environ, BK_REPORTER_DATABASE_URL=reporter_db.owner_url, BK_REPORTER_OWNER_DATABASE_URL=reporter_db.owner_url
+    )
+    for name in ("old", "new"):
+        key = make_key(tmp_path, name)
+        line = Path(f"{key}.pub").read_text()
+        subprocess.run(
+            [BK_REPORTER, "hosts", "add", "db1", "--key", line, "--data-dir", str(tmp_path)], env=env, check=True
+        )
+    listed = subprocess.run(
+        [BK_REPORTER, "hosts", "list", "--data-dir", str(tmp_path)], env=env, capture_output=True, text=True, check=True
+    )
+    assert "warning: db1 has 2 active ssh-ed25519 keys" in listed.stderr
+    played = _play(reporter_db, tmp_path)
+    assert "WARNING: warning: db1 has 2 active ssh-ed25519 keys" in played.stdout
