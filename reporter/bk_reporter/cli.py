@@ -196,6 +196,8 @@ def _print_enrolled(results: Sequence[tuple[hosts.HostKey, bool]]) -> int:
 
 def _hosts_list(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     rows = hosts.enrolled(conn)
+    for warning in hosts.doubled_keys(rows):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps([{**row, **_times(row, "enrolled_at", "retired_at")} for row in rows], indent=2))
         return EXIT_OK

@@ -143,3 +143,17 @@ def retire(conn: psycopg.Connection, host: str, key: str) -> str:
 def enrolled(conn: psycopg.Connection) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cursor:
         return cursor.execute(LIST).fetchall()
+
+
+def doubled_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Warnings for hosts with more than one active key of a type (an old key left after a rotation)."""
+    active: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row["retired_at"] is None:
+            active.setdefault((row["host"], row["key_type"]), []).append(row["fingerprint"])
+    return [
+        f"{host} has {len(prints)} active {key_type} keys ({', '.join(prints)}): retire the old one"
+        f" with bk-reporter hosts retire {host} FINGERPRINT"
+        for (host, key_type), prints in sorted(active.items())
+        if len(prints) > 1
+    ]

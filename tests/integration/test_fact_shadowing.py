@@ -88,7 +88,7 @@ def test_forged_facts_cannot_enrol_a_key_under_another_hosts_name(tmp_path: Path
     lie = _lie(tmp_path)
     returncode, output, out = _render(tmp_path, lying_python, lie, guard=False)
     assert returncode == 0, output
-    wanted = json.loads((out / "wanted_keys.json").read_text())
+    wanted = json.loads((out / "wanted_keys.json").read_text())["missing"]
     attacker = f"ssh-ed25519 {lie['ansible_ssh_host_key_ed25519_public']}"
     assert [item["host"] for item in wanted if item["key"] == attacker] == ["evil"]
 

@@ -388,3 +388,20 @@ def test_a_hub_receipt_showing_a_nearly_full_disk_fires_one_hub_space_alert(
     assert ("hub", "hub_space") in firing
     assert any("3.0 % free" in body["message"] for _path, body in received.posts), received.posts
     assert result.failed == 0
+
+
+def _conditions(url: str) -> dict[tuple[str, str], str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT host, condition, kind FROM alert_current_state").fetchall()
+    return {(host, condition): kind for host, condition, kind in rows}
+
+
+def test_a_host_whose_enrolled_key_signs_nothing_for_a_week_fires_silent_key(
+    reporter, web1: Host, reporter_db: ReporterDatabase
+):
+    _ingest(reporter.url, web1)
+    now = datetime.now(UTC)
+    evaluate_once(reporter_db.app_url, [], now, policy=NOW_POLICY)
+    assert ("web1", "silent_key") not in _conditions(reporter_db.app_url)
+    evaluate_once(reporter_db.app_url, [], now + timedelta(days=8), policy=NOW_POLICY)
+    assert _conditions(reporter_db.app_url)[("web1", "silent_key")] == "fire"

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bk_reporter.notify.alerts import Alert, alerts_from_rows, group_by_hub, hub_of, hub_space_alert, scrub
+from bk_reporter.notify.alerts import (
+    Alert,
+    Thresholds,
+    alerts_from_rows,
+    group_by_hub,
+    hub_of,
+    hub_space_alert,
+    offsite_late_alert,
+    scrub,
+    silent_key_alert,
+)
 from bk_reporter.notify.lifecycle import Current, Policy, Silence, Transition, decide
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -161,3 +171,30 @@ def test_hub_free_space_below_ten_percent_alerts_and_a_receipt_without_figures_d
     assert low is not None and low.key == ("hub", "", "hub_space") and "5.0 % free" in low.summary
     assert hub_space_alert({"host": "hub", "finished_at": T0, "free": 50, "total": 100}) is None
     assert hub_space_alert({"host": "hub", "finished_at": T0, "free": None, "total": None}) is None
+
+
+def test_a_host_whose_keys_signed_nothing_for_long_is_a_silent_key_alert():
+    thresholds = Thresholds(silent_key_after=timedelta(days=7))
+    last = T0 - timedelta(days=10)
+    alert = silent_key_alert({"host": "old1", "last_signed_at": last}, T0, thresholds)
+    assert alert is not None
+    assert alert.key == ("old1", "", "silent_key")
+    assert alert.since == last + thresholds.silent_key_after
+    assert "signed nothing for 10 days" in alert.summary
+    recent = {"host": "web1", "last_signed_at": T0 - thresholds.silent_key_after + timedelta(minutes=1)}
+    assert silent_key_alert(recent, T0, thresholds) is None
+
+
+def test_a_snapshot_not_offsite_within_its_destinations_cadence_is_offsite_late():
+    thresholds = Thresholds(offsite_cadence_factor=2.0)
+    cadence = 6 * 3600
+    row = {"host": "web1", "job": "home", "destination": "s3", "cadence_seconds": cadence, "snapshots": 3}
+    late = offsite_late_alert({**row, "oldest_arrived_at": T0 - timedelta(seconds=2 * cadence + 60)}, T0, thresholds)
+    assert late is not None
+    assert late.key == ("web1", "home", "offsite_late")
+    assert late.since == T0 - timedelta(seconds=60)
+    assert "3 snapshot(s) not at offsite s3 within 12 h" in late.summary
+    within = {**row, "oldest_arrived_at": T0 - timedelta(seconds=2 * cadence - 60)}
+    assert offsite_late_alert(within, T0, thresholds) is None
+    no_cadence = {**row, "cadence_seconds": None, "oldest_arrived_at": T0 - timedelta(hours=47)}
+    assert offsite_late_alert(no_cadence, T0, thresholds) is None

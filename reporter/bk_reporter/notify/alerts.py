@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 SEVERITIES = ("warning", "critical", "security")
@@ -220,4 +220,85 @@ def hub_space_alert(row: Mapping[str, Any], minimum_free_fraction: float = 0.10)
         "critical",
         f"hub {row['host']}: {percent:.1f} % free ({int(free)} of {int(total)} bytes)",
         row["finished_at"],
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a quiet key, a missing offsite copy or a filling hub becomes an alert."""
+
+    silent_key_after: timedelta = timedelta(days=7)
+    offsite_cadence_factor: float = 2.0  # a copy is late after this many of its destination's cadences
+    offsite_without_cadence: timedelta = timedelta(hours=48)
+    hub_min_free_fraction: float = 0.10
+
+
+# A host with active keys whose latest signed manifest is old: a dormant enrollment (a host gone
+# without its keys retired) or a host that stopped signing. Never-signing hosts are never_reported.
+SILENT_KEYS_SQL = """
+SELECT k.host, max(e.finished_at) AS last_signed_at
+  FROM (SELECT DISTINCT host FROM host_keys WHERE retired_at IS NULL) k
+  JOIN LATERAL (SELECT max(finished_at) AS finished_at FROM events WHERE host = k.host) e ON true
+ WHERE e.finished_at IS NOT NULL
+ GROUP BY k.host
+"""
+
+
+def silent_key_alert(row: Mapping[str, Any], now: datetime, thresholds: Thresholds) -> Alert | None:
+    last = row["last_signed_at"]
+    if last is None or now - last < thresholds.silent_key_after:
+        return None
+    days = (now - last).days
+    return Alert(
+        row["host"],
+        "",
+        "silent_key",
+        "warning",
+        f"{row['host']}: its enrolled keys signed nothing for {days} days (last {last:%Y-%m-%d %H:%M} UTC);"
+        " retire them (bk-reporter hosts retire) if the host is gone",
+        last + thresholds.silent_key_after,
+    )
+
+
+# Per destination its cadence is the one its latest offsite-copy manifest declares; a hub's
+# received snapshot not at a destination it copies to (one that existed when the snapshot
+# arrived) is a candidate for offsite_late.
+OFFSITE_SQL = """
+WITH destination AS (
+  SELECT DISTINCT ON (o.hub_host, o.destination) o.hub_host, o.destination, e.cadence_seconds,
+         (SELECT min(f.first_seen_at) FROM snapshot_offsite f
+           WHERE f.hub_host = o.hub_host AND f.destination = o.destination) AS first_seen_at
+    FROM snapshot_offsite o JOIN events e ON e.id = o.event_id
+   ORDER BY o.hub_host, o.destination, e.finished_at DESC
+)
+SELECT coalesce(s.host, s.hub_repository) AS host, coalesce(s.job, '') AS job, d.destination,
+       d.cadence_seconds, count(*) AS snapshots, min(s.arrived_at) AS oldest_arrived_at
+  FROM snapshots s
+  JOIN destination d ON d.hub_host = s.hub_host AND s.arrived_at >= d.first_seen_at
+ WHERE s.receipt_event_id IS NOT NULL
+   AND NOT EXISTS (SELECT FROM snapshot_offsite o
+                    WHERE o.snapshot_id = s.snapshot_id AND o.destination = d.destination)
+ GROUP BY 1, 2, d.destination, d.cadence_seconds
+"""
+
+
+def offsite_late_alert(row: Mapping[str, Any], now: datetime, thresholds: Thresholds) -> Alert | None:
+    cadence = row.get("cadence_seconds")
+    allowed = (
+        timedelta(seconds=float(cadence) * thresholds.offsite_cadence_factor)
+        if cadence
+        else thresholds.offsite_without_cadence
+    )
+    oldest = row["oldest_arrived_at"]
+    if oldest is None or now - oldest < allowed:
+        return None
+    label = f"{row['host']} job {row['job']}" if row["job"] else str(row["host"])
+    return Alert(
+        row["host"],
+        row["job"],
+        "offsite_late",
+        "critical",
+        f"{label}: {row['snapshots']} snapshot(s) not at offsite {row['destination']} within"
+        f" {allowed.total_seconds() / 3600:g} h (oldest arrived {oldest:%Y-%m-%d %H:%M} UTC)",
+        oldest + allowed,
     )

@@ -19,6 +19,7 @@ import psycopg
 
 from bk_reporter import db
 from bk_reporter.notify import store
+from bk_reporter.notify.alerts import Thresholds
 from bk_reporter.notify.channels import RoutesError, load_healthcheck_url, load_routes
 from bk_reporter.notify.evaluator import evaluate_once
 from bk_reporter.notify.lifecycle import Policy
@@ -34,6 +35,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     notify.add_argument("--once", action="store_true", help="evaluate once and exit")
     notify.add_argument("--repeat-interval", type=float, default=24.0, metavar="HOURS", help="repeat while bad")
     notify.add_argument("--fire-after", type=float, default=5.0, metavar="MINUTES", help="damp shorter flaps")
+    notify.add_argument(
+        "--silent-key-days", type=float, default=7.0, metavar="DAYS", help="a host's keys quiet this long"
+    )
+    notify.add_argument(
+        "--offsite-cadence-factor", type=float, default=2.0, help="offsite copy late after this many cadences"
+    )
+    notify.add_argument("--hub-min-free-percent", type=float, default=10.0, help="hub free space alert below this")
     notify.add_argument(
         "--healthcheck-url",
         default=None,
@@ -76,10 +84,20 @@ def _notify(settings: Settings, args: argparse.Namespace) -> int:
     policy = Policy(
         repeat_interval=timedelta(hours=args.repeat_interval), fire_after=timedelta(minutes=args.fire_after)
     )
+    thresholds = Thresholds(
+        silent_key_after=timedelta(days=args.silent_key_days),
+        offsite_cadence_factor=args.offsite_cadence_factor,
+        hub_min_free_fraction=args.hub_min_free_percent / 100,
+    )
     with db.database(settings) as targets:
         while True:
             result = evaluate_once(
-                targets.app_url, routes, datetime.now(UTC), policy=policy, healthcheck_url=healthcheck_url
+                targets.app_url,
+                routes,
+                datetime.now(UTC),
+                policy=policy,
+                healthcheck_url=healthcheck_url,
+                thresholds=thresholds,
             )
             log.info(
                 "evaluation: evaluated=%s transitions=%d sent=%d failed=%d",

@@ -18,7 +18,19 @@ import requests
 from psycopg.rows import dict_row
 
 from bk_reporter.notify import store
-from bk_reporter.notify.alerts import FLEET_ROWS_SQL, HUB_SPACE_SQL, alerts_from_rows, group_by_hub, hub_space_alert
+from bk_reporter.notify.alerts import (
+    FLEET_ROWS_SQL,
+    HUB_SPACE_SQL,
+    OFFSITE_SQL,
+    SILENT_KEYS_SQL,
+    Alert,
+    Thresholds,
+    alerts_from_rows,
+    group_by_hub,
+    hub_space_alert,
+    offsite_late_alert,
+    silent_key_alert,
+)
 from bk_reporter.notify.channels import Route, mask_url, send
 from bk_reporter.notify.lifecycle import Policy, decide, should_tell
 from bk_reporter.web.routes import NO_JIT
@@ -47,13 +59,22 @@ def _title(row: dict) -> str:
     return f"[bk] {HEADINGS.get(row['kind'], row['kind'])}: {where} {row['condition']}"
 
 
-def _decide_and_record(conn: psycopg.Connection, routes: Sequence[Route], now: datetime, policy: Policy) -> int:
+def _bad(conn: psycopg.Connection, now: datetime, thresholds: Thresholds) -> list[Alert]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        bad = group_by_hub(alerts_from_rows(cur.execute(FLEET_ROWS_SQL).fetchall()))
+        more = [hub_space_alert(row, thresholds.hub_min_free_fraction) for row in cur.execute(HUB_SPACE_SQL)]
+        more += [silent_key_alert(row, now, thresholds) for row in cur.execute(SILENT_KEYS_SQL)]
+        more += [offsite_late_alert(row, now, thresholds) for row in cur.execute(OFFSITE_SQL)]
+    bad.extend(alert for alert in more if alert is not None)
+    return bad
+
+
+def _decide_and_record(
+    conn: psycopg.Connection, routes: Sequence[Route], now: datetime, policy: Policy, thresholds: Thresholds
+) -> int:
     with conn.transaction():
         conn.execute(NO_JIT)
-        with conn.cursor(row_factory=dict_row) as cur:
-            bad = group_by_hub(alerts_from_rows(cur.execute(FLEET_ROWS_SQL).fetchall()))
-            spaces = (hub_space_alert(row) for row in cur.execute(HUB_SPACE_SQL).fetchall())
-            bad.extend(alert for alert in spaces if alert is not None)
+        bad = _bad(conn, now, thresholds)
         current = store.current_states(conn)
         transitions = decide(current, bad, store.active_silences(conn, now), now, policy)
         for transition in transitions:
@@ -103,12 +124,14 @@ def evaluate_once(
     policy: Policy | None = None,
     sender: Sender = send,
     healthcheck_url: str | None = None,
+    thresholds: Thresholds | None = None,
 ) -> Outcome:
     """One evaluation, unless another process holds the evaluator's lock (then evaluated is False)."""
     with psycopg.connect(url, autocommit=True) as conn, store.evaluator_lock(conn) as held:
         if not held:
             return Outcome(evaluated=False)
-        result = Outcome(evaluated=True, transitions=_decide_and_record(conn, routes, now, policy or Policy()))
+        transitions = _decide_and_record(conn, routes, now, policy or Policy(), thresholds or Thresholds())
+        result = Outcome(evaluated=True, transitions=transitions)
         _deliver(conn, routes, now, sender, result)
     ping(healthcheck_url, failed=result.failed > 0)
     return result

@@ -1,0 +1,99 @@
+"""Keys are not only ever added (issue 15): the reporter role's enrolment, run by ansible-playbook
+against a real reporter database, reports an active key no longer in the inventory, retires it only
+when reporter_retire_absent_keys is true (never in check mode) and changes nothing the second time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from reporter_fixtures import ReporterDatabase, make_key
+
+HERE = Path(__file__).parent / "key_retirement"
+BK_REPORTER = str(Path(sys.executable).parent / "bk-reporter")
+
+
+def _play(db: ReporterDatabase, data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
+    args = [
+        "-e",
+        f"bk_reporter={BK_REPORTER}",
+        "-e",
+        f"bk_database_url={db.owner_url}",
+        "-e",
+        f"bk_data_dir={data_dir}",
+    ]
+    result = subprocess.run(
+        ["ansible-playbook", "-i", str(HERE / "inventory.yml"), str(HERE / "enroll.yml"), *args, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _retired(db: ReporterDatabase, host: str) -> list[object]:
+    with psycopg.connect(db.owner_url) as conn:
+        return [row[0] for row in conn.execute("SELECT retired_at FROM host_keys WHERE host = %s", (host,))]
+
+
+def _changed(output: str) -> int:
+    return int(output.split("PLAY RECAP", 1)[1].split("changed=", 1)[1].split(maxsplit=1)[0])
+
+
+def test_an_absent_hosts_key_is_reported_then_retired_only_when_asked_and_once(
+    reporter_db: ReporterDatabase, tmp_path: Path
+) -> None:
+    gone = make_key(tmp_path, "gone1")
+    env = dict(
+        os.environ, BK_REPORTER_DATABASE_URL=reporter_db.owner_url, BK_REPORTER_OWNER_DATABASE_URL=reporter_db.owner_url
+    )
+    subprocess.run(
+        [BK_REPORTER, "hosts", "add", "gone1", "--key", Path(f"{gone}.pub").read_text(), "--data-dir", str(tmp_path)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+    reported = _play(reporter_db, tmp_path)
+    assert "Active keys no longer in the inventory or facts: gone1 SHA256:" in reported.stdout
+    assert _retired(reporter_db, "gone1") == [None]
+    assert _retired(reporter_db, "web1") == [None] * len(_retired(reporter_db, "web1")) != []
+
+    _play(reporter_db, tmp_path, "--check", "-e", "reporter_retire_absent_keys=true")
+    assert _retired(reporter_db, "gone1") == [None]
+
+    retired = _play(reporter_db, tmp_path, "-e", "reporter_retire_absent_keys=true")
+    assert _changed(retired.stdout) == 1
+    (retired_at,) = _retired(reporter_db, "gone1")
+    assert retired_at is not None  # the row stays: the key still verifies what it signed
+
+    again = _play(reporter_db, tmp_path, "-e", "reporter_retire_absent_keys=true")
+    assert _changed(again.stdout) == 0
+    assert "no longer in the inventory" not in again.stdout
+
+
+def test_a_second_active_key_of_a_type_is_a_warning_in_the_cli_and_the_play(
+    reporter_db: ReporterDatabase, tmp_path: Path
+) -> None:
+    env = dict(
+        os.environ, BK_REPORTER_DATABASE_URL=reporter_db.owner_url, BK_REPORTER_OWNER_DATABASE_URL=reporter_db.owner_url
+    )
+    for name in ("old", "new"):
+        key = make_key(tmp_path, name)
+        line = Path(f"{key}.pub").read_text()
+        subprocess.run(
+            [BK_REPORTER, "hosts", "add", "db1", "--key", line, "--data-dir", str(tmp_path)], env=env, check=True
+        )
+    listed = subprocess.run(
+        [BK_REPORTER, "hosts", "list", "--data-dir", str(tmp_path)], env=env, capture_output=True, text=True, check=True
+    )
+    assert "warning: db1 has 2 active ssh-ed25519 keys" in listed.stderr
+    played = _play(reporter_db, tmp_path)
+    assert "WARNING: warning: db1 has 2 active ssh-ed25519 keys" in played.stdout
