@@ -397,7 +397,7 @@ def _conditions(url: str) -> dict[tuple[str, str], str]:
 
 
 def test_a_host_whose_enrolled_key_signs_nothing_for_a_week_fires_silent_key(
-    reporter, web1: Host, reporter_db: ReporterDatabase
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase
 ):
     _ingest(reporter.url, web1)
     now = datetime.now(UTC)

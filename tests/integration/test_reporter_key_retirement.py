@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import psycopg
-from reporter_fixtures import ReporterDatabase, make_key
+
+from support.keys import make_key
+from support.reporters import ReporterDatabase
 
 HERE = Path(__file__).parent / "key_retirement"
 BK_REPORTER = str(Path(sys.executable).parent / "bk-reporter")
