@@ -79,13 +79,13 @@ def test_the_application_role_may_not_create_temporary_objects(three_events: Non
 
 
 def test_a_temporary_table_shadowing_derived_state_never_runs_as_the_owner(
-    three_events: None, reporter: LiveReporter
+    three_events: None, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     _grant_temp_back(reporter)
     _attack(reporter.database.app_url)
     hosts, keys = _evidence(reporter)
     assert hosts == ["intruder", "web1", "web1", "web1"]
-    assert keys == [("web1", "web1")]
+    assert keys == [("web1", web1.public_line.split()[2])]
     with psycopg.connect(reporter.database.owner_url, autocommit=True) as conn:
         chain = dict(conn.execute("SELECT host, events FROM public.host_chain").fetchall())
     assert chain == {"intruder": 1, "web1": 3}
