@@ -482,7 +482,21 @@ def write_document(
     ]
     if notes:
         lines += ["## Notes", "", *notes, ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + kept_by_hand(path))
+
+
+# From this heading on, docs/benchmarks.md is written by people (trials, what was tried and not
+# kept) and every run keeps it as it is.
+TRIALS_HEADING = "## Trials (kept by hand)"
+
+
+def kept_by_hand(path: Path) -> str:
+    """The hand-written tail of the previous docs/benchmarks.md, if it has one."""
+    if not path.exists():
+        return ""
+    previous = path.read_text()
+    at = previous.find("\n" + TRIALS_HEADING + "\n")
+    return previous[at:] if at >= 0 else ""
 
 
 def run_json_stage(
