@@ -6,12 +6,16 @@ On loopback, with a private PostgreSQL cluster with fsync on, in one run it prin
    and indexes, no triggers) in one transaction, the baseline;
 2. single: POST /api/v1/manifests at concurrency 32, with p50 and p99 latency;
 3. batch: POST /api/v1/manifests/batch;
+4. open loop: single POSTs offered at a fixed rate (500/s by default) whatever the answers, with
+   p50 and p99 measured from each request's scheduled time, so that a slow answer delays
+   nobody's clock (no coordinated omission);
 
 each with its ratio to the raw rate, and checks that nothing was lost (rows stored equal
 2xx answers). The reporter runs as `bk-reporter serve` in its own process; the load
 generator is a small keep-alive HTTP/1.1 client on asyncio, so that its own cost stays low.
 
-    .venv/bin/python bench/ingest.py [--single 6000] [--batch 30000] [--batch-size 500] [--json FILE]
+    .venv/bin/python bench/ingest.py [--single 6000] [--batch 30000] [--batch-size 500]
+        [--open-rate 500] [--open-seconds 10] [--json FILE]
 
 With --json FILE (or - for standard output, after the text) the figures are also written as one
 JSON object, for other scripts to read; the text output stays as it is.
@@ -204,6 +208,35 @@ async def post_singles(port: int, bodies: list[bytes], concurrency: int) -> tupl
     return time.perf_counter() - started, latencies, statuses
 
 
+async def post_open_loop(port: int, bodies: list[bytes], rate: float) -> tuple[float, list[float], list[int]]:
+    """Send body i at start + i / rate on an idle keep-alive connection (a new one when none is
+    idle); a latency runs from the scheduled time to the answer."""
+    idle: list[Connection] = []
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def send(body: bytes, scheduled: float) -> None:
+        connection = idle.pop() if idle else await Connection.open(port)
+        status = (await connection.post("/api/v1/manifests", body))[0]
+        latencies.append(time.perf_counter() - scheduled)
+        statuses.append(status)
+        idle.append(connection)
+
+    started = time.perf_counter()
+    tasks = []
+    for index, body in enumerate(bodies):
+        scheduled = started + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(body, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    for connection in idle:
+        connection.close()
+    return elapsed, latencies, statuses
+
+
 async def post_batches(port: int, batches: list[bytes], concurrency: int) -> tuple[float, list[int]]:
     queue = list(reversed(batches))
     statuses: list[int] = []
@@ -273,13 +306,15 @@ class Workload:
     singles: list[bytes]
     batches: list[bytes]
     batch_items: int
+    open_loop: list[bytes]
 
 
 def prepare(owner_url: str, scratch: Path, args: argparse.Namespace) -> Workload:
     fleet = make_hosts(scratch, args.hosts)
     with psycopg.connect(owner_url, autocommit=True) as conn:
         hosts.enroll(conn, [hosts.host_key(h.name, h.public_line) for h in fleet])
-    print(f"signing {args.raw + args.single + args.batch} manifests of {args.hosts} hosts...", flush=True)
+    open_count = round(args.open_rate * args.open_seconds)
+    print(f"signing {args.raw + args.single + args.batch + open_count} manifests of {args.hosts} hosts...", flush=True)
     (scratch / "raw").mkdir()
     batch_envelopes = make_envelopes(fleet, args.batch)
     size = args.batch_size
@@ -288,6 +323,7 @@ def prepare(owner_url: str, scratch: Path, args: argparse.Namespace) -> Workload
         singles=[json.dumps(e).encode() for e in make_envelopes(fleet, args.single)],
         batches=[json.dumps(batch_envelopes[i : i + size]).encode() for i in range(0, args.batch, size)],
         batch_items=args.batch,
+        open_loop=[json.dumps(e).encode() for e in make_envelopes(fleet, open_count)],
     )
 
 
@@ -407,6 +443,32 @@ def run_batches(
     return answers
 
 
+def run_open_loop(
+    port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
+) -> Answers:
+    before = meter.sample()
+    elapsed, latencies, statuses = asyncio.run(post_open_loop(port, workload.open_loop, args.open_rate))
+    achieved = len(workload.open_loop) / elapsed
+    p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+    print(
+        f"open loop, {args.open_rate:.0f}/s offered: {achieved:9.0f} manifests/s  (ratio {achieved / raw_rate:.2f}; "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms; target p99 <= 50 ms)"
+    )
+    results["open_loop"] = {
+        "manifests": len(workload.open_loop),
+        "offered_rate": args.open_rate,
+        "achieved_rate": achieved,
+        "ratio": achieved / raw_rate,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "max_ms": max(latencies) * 1000,
+    }
+    print(meter.report(before, len(workload.open_loop), results["open_loop"]))
+    answers = Answers()
+    answers.count(statuses)
+    return answers
+
+
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=200)
@@ -416,6 +478,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=30000, help="manifests posted in batches")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-concurrency", type=int, default=2)
+    parser.add_argument("--open-rate", type=float, default=500.0, help="manifests/s offered in the open-loop phase")
+    parser.add_argument("--open-seconds", type=float, default=10.0, help="how long the open-loop phase offers them")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE (- for stdout)")
     return parser.parse_args()
 
@@ -438,19 +502,23 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace, resu
         single.rows_after = stored_events(owner_url)
         batch = run_batches(port, workload, args, raw_rate, meter, results=results)
         batch.rows_after = stored_events(owner_url) - single.rows_after
+        opened = run_open_loop(port, workload, args, raw_rate, meter, results=results)
+        opened.rows_after = stored_events(owner_url) - single.rows_after - batch.rows_after
     finally:
         reporter.terminate()
         reporter.wait(timeout=60)
-    lost = single.ok + batch.ok - single.rows_after - batch.rows_after
+    phases = (single, batch, opened)
+    lost = sum(phase.ok - phase.rows_after for phase in phases)
+    other = sum(phase.other for phase in phases)
     print(
-        f"2xx answers: {single.ok} single + {batch.ok} batch; rows stored: {single.rows_after} + "
-        f"{batch.rows_after}; lost: {lost}; other answers: {single.other + batch.other}"
+        f"2xx answers: {single.ok} single + {batch.ok} batch + {opened.ok} open loop; rows stored: "
+        f"{single.rows_after} + {batch.rows_after} + {opened.rows_after}; lost: {lost}; other answers: {other}"
     )
-    results["answers_2xx"] = single.ok + batch.ok
-    results["rows_stored"] = single.rows_after + batch.rows_after
+    results["answers_2xx"] = sum(phase.ok for phase in phases)
+    results["rows_stored"] = sum(phase.rows_after for phase in phases)
     results["lost"] = lost
-    results["other_answers"] = single.other + batch.other
-    return 0 if lost == 0 and single.other + batch.other == 0 else 1
+    results["other_answers"] = other
+    return 0 if lost == 0 and other == 0 else 1
 
 
 def write_json(target: str, results: dict) -> None:
