@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ import pytest
 from bk_evidence import manifest
 from bk_evidence.spool import Spool
 from bk_reporter.pgcluster import LocalCluster
-from support.database import chain_figures, stored_ids
+from support.database import chain_figures, stored_ids, throwaway_cluster
 from support.net import refusing_port
 from support.reporters import ReporterDatabase, ReporterProcess, enroll, migrated, reporter_process, run_audit
 from support.signing_hosts import MemoryHost, Sender
@@ -137,12 +136,8 @@ def test_reporter_killed_during_a_batch_load_loses_nothing(reporter_db: Reporter
 @pytest.fixture
 def private_cluster() -> Iterator[LocalCluster]:
     """A cluster of this test's own (fsync on): stopping it disturbs no other test."""
-    cluster = LocalCluster.under(Path(tempfile.mkdtemp(prefix="bk-pgr-")), fsync=True)
-    cluster.start()
-    try:
+    with throwaway_cluster(fsync=True) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.mark.parametrize("mode", ["immediate", "fast"])

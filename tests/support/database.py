@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import psycopg
+
+from bk_reporter.pgcluster import LocalCluster
+
+
+@contextlib.contextmanager
+def throwaway_cluster(*, fsync: bool) -> Iterator[LocalCluster]:
+    """A private PostgreSQL cluster, started, and destroyed afterwards.
+
+    It lives directly under the system temp directory because, as root, the server runs as
+    `postgres`, which cannot enter pytest's private (0700) temp tree.
+    """
+    cluster = LocalCluster.under(Path(tempfile.mkdtemp(prefix="bk-pg-")), fsync=fsync)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 def row_counts(url: str) -> dict[str, int]:

@@ -27,6 +27,7 @@ def tool(path: Path) -> str:
         raise RuntimeError(f"{path} is missing: run scripts/bootstrap.sh (it runs scripts/debian-tools.sh)")
     return str(path)
 
+
 # ansible-playbook against this machine itself, with the interpreter the tasks' modules run on.
 LOCAL_PLAYBOOK = [
     "ansible-playbook",
