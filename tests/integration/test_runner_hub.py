@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from bk_evidence import files, manifest
-from bk_evidence import hub as hub_side
+from bk_run import hub as hub_side
 from support.fake_reporter import FakeReporter
 from support.hubs import HUB_SERVERS, rest_hub, write_htpasswd
 from support.keys import public_line

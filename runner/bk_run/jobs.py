@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -16,23 +17,10 @@ import tempfile
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from .config import Job, Repository, Settings
-from .files import JsonTable
-from .manifest import new_manifest, utc_now
-from .outcome import Outcome, Problem, exit_code, worst
-from .process import (
-    HOOK_TIMEOUT_SECONDS,
-    Completed,
-    argv_of,
-    child_environment,
-    minimal_environment,
-    python_version,
-    run,
-    run_filtered,
-    version_of,
-)
-from .recorder import BK_VERSION, Recorder
-from .restic_output import (
+from bk_evidence.files import JsonTable
+from bk_evidence.manifest import new_manifest, utc_now
+from bk_evidence.recorder import BK_VERSION, Recorder
+from bk_evidence.restic_output import (
     FAILURE_CAUSES,
     backup_summary,
     exit_error,
@@ -43,6 +31,20 @@ from .restic_output import (
     snapshot_section,
     stats_from_summary,
     strip_url_credentials,
+)
+from bk_evidence.settings import Settings
+
+from .config import Job, Repository
+from .outcome import Outcome, Problem, exit_code, worst
+from .process import (
+    HOOK_TIMEOUT_SECONDS,
+    Completed,
+    argv_of,
+    child_environment,
+    minimal_environment,
+    run,
+    run_filtered,
+    version_of,
 )
 
 RESTIC_VARIABLES = (
@@ -68,7 +70,7 @@ def restic_environment(settings: Settings, repository: Repository) -> Dict[str, 
 
 
 def tools(settings: Settings) -> Dict[str, str]:
-    found = {"restic": restic_version(settings), "bk": BK_VERSION, "python": python_version()}
+    found = {"restic": restic_version(settings), "bk": BK_VERSION, "python": platform.python_version()}
     return {name: version for name, version in found.items() if version}
 
 

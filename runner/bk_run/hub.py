@@ -7,19 +7,22 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import platform
 import re
 import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .config import Hub, MaintainedRepository, Maintenance, Offsite, Settings, duration_hours
-from .files import LockTimeout, locked, read_json, write_json
+from bk_evidence.files import LockTimeout, locked, read_json, write_json
+from bk_evidence.manifest import new_manifest, rfc3339, utc_now
+from bk_evidence.recorder import BK_VERSION, Recorder
+from bk_evidence.restic_output import forget_result, prune_figures, strip_url_credentials
+from bk_evidence.settings import Settings
+
+from .config import Hub, MaintainedRepository, Maintenance, Offsite, duration_hours
 from .jobs import record, record_for_repository, restic_environment, tools
-from .manifest import new_manifest, rfc3339, utc_now
 from .outcome import Outcome, Problem, exit_code
-from .process import child_environment, python_version, run, version_of
-from .recorder import BK_VERSION, Recorder
-from .restic_output import forget_result, prune_figures, strip_url_credentials
+from .process import child_environment, run, version_of
 
 SNAPSHOT_FILE = re.compile(r"^[0-9a-f]{64}$")
 REPOSITORY_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
@@ -89,7 +92,7 @@ def receipts(settings: Settings, hub: Hub, recorder: Recorder) -> int:
     """A ``hub-receipt`` manifest per repository for snapshot files not reported before."""
     state_path = os.path.join(settings.state_dir, "receipts.json")
     failed = False
-    hub_tools = {"bk": BK_VERSION, "python": python_version()}
+    hub_tools = {"bk": BK_VERSION, "python": platform.python_version()}
     with locked(os.path.join(settings.state_dir, "receipts.lock")):
         reported = read_json(state_path, {})
         for name in repository_dirs(hub.data_dir, hub.repositories):
@@ -321,7 +324,7 @@ def rclone_transfer_argv(settings: Settings, offsite: Offsite, name: str) -> Lis
 def offsite_copy(settings: Settings, offsite: Offsite, recorder: Recorder) -> int:
     """Copy each hub repository to the destination under its lock; an ``offsite-copy`` manifest each."""
     env = child_environment({"RCLONE_CONFIG": offsite.rclone_config} if offsite.rclone_config else {})
-    copy_tools = {"rclone": version_of(settings.rclone), "bk": BK_VERSION, "python": python_version()}
+    copy_tools = {"rclone": version_of(settings.rclone), "bk": BK_VERSION, "python": platform.python_version()}
     common: Dict[str, Any] = {"tools": {name: value for name, value in copy_tools.items() if value}}
     if offsite.cadence_seconds:
         common["cadence_seconds"] = offsite.cadence_seconds
