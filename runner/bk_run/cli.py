@@ -16,8 +16,10 @@ from bk_evidence.recorder import BK_VERSION, Recorder
 from bk_evidence.settings import ConfigError, Settings
 
 from .config import Hub, Job, Maintenance, Offsite
-from .hub import maintain, offsite_copy, receipts
 from .jobs import backup, check
+from .maintenance import maintain
+from .offsite import offsite_copy
+from .receipts import receipts
 
 DEFAULT_CONFIG_DIR = "/etc/bk"
 USAGE_ERROR = 2
