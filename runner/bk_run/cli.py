@@ -11,11 +11,15 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from .config import ConfigError, Hub, Job, Maintenance, Offsite, Settings
-from .files import LockTimeout
-from .hub import maintain, offsite_copy, receipts
+from bk_evidence.files import LockTimeout
+from bk_evidence.recorder import BK_VERSION, Recorder
+from bk_evidence.settings import ConfigError, Settings
+
+from .config import Hub, Job, Maintenance, Offsite
 from .jobs import backup, check
-from .recorder import BK_VERSION, Recorder
+from .maintenance import maintain
+from .offsite import offsite_copy
+from .receipts import receipts
 
 DEFAULT_CONFIG_DIR = "/etc/bk"
 USAGE_ERROR = 2
@@ -176,7 +180,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         if report is not None and report.remaining:
             sys.stderr.write("bk: %s\n" % _describe_delivery(report.as_dict()))
     return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
