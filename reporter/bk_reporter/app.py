@@ -34,6 +34,7 @@ from .ingest import Limits, parse_json_body
 from .ingest_spine import Ingest
 from .notify import web as notify_web
 from .outcome import Outcome
+from .ratelimit import ClientLimiter
 from .settings import Settings
 from .verifying import Verifier
 from .web.routes import install_pages
@@ -164,6 +165,7 @@ class Reporter:
         self.counters = metrics.IngestCounters()
         self.verifier = Verifier(settings.verify_processes)
         self.ingest = Ingest.pooled(self.pool, self.limits, self.verifier)
+        self.limiter = ClientLimiter(settings.ingest_requests_per_minute, settings.ingest_burst)
 
     @property
     def single_body_limit(self) -> int:
@@ -171,7 +173,10 @@ class Reporter:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def ingest_single(self, read: BodyReader) -> Answer:
+    async def ingest_single(self, read: BodyReader, client: str) -> Answer:
+        limited = self._rate_limited("single", client)
+        if limited is not None:
+            return limited
         try:
             body = await read(self.single_body_limit)
         except _TooLarge as exc:
@@ -184,7 +189,10 @@ class Reporter:
         (outcome,) = await self.ingest.receive([parsed])
         return self._counted("single", outcome)
 
-    async def ingest_batch(self, read: BodyReader) -> Answer:
+    async def ingest_batch(self, read: BodyReader, client: str) -> Answer:
+        limited = self._rate_limited("batch", client)
+        if limited is not None:
+            return limited
         try:
             body = await read(self.settings.max_batch_bytes)
         except _TooLarge as exc:
@@ -207,6 +215,17 @@ class Reporter:
             _log_outcome(outcome)
         log.info("batch", extra={"items": len(outcomes), "outcomes": by_code})
         return 200, [outcome.as_json() for outcome in outcomes], []
+
+    def _rate_limited(self, endpoint: str, client: str) -> Answer | None:
+        """429 before the body is read, when this client has used up its requests (ratelimit.py)."""
+        retry_after = self.limiter.take(client)
+        if retry_after is None:
+            return None
+        outcome = Outcome(
+            429, "rate_limited", f"too many requests from {client or 'this client'}; retry in {retry_after} s"
+        )
+        status, content, _headers = self._counted(endpoint, outcome)
+        return status, content, [(b"retry-after", str(retry_after).encode("latin-1"))]
 
     def _counted(self, endpoint: str, outcome: Outcome) -> Answer:
         self.counters.count(endpoint, outcome.status, [outcome])
@@ -396,7 +415,7 @@ class ReporterApp(Starlette):
 
     async def _answer_ingest(
         self,
-        handler: Callable[[BodyReader], Awaitable[Answer]],
+        handler: Callable[[BodyReader, str], Awaitable[Answer]],
         path: str,
         scope: Scope,
         receive: Receive,
@@ -405,7 +424,8 @@ class ReporterApp(Starlette):
         access: _Access,
     ) -> None:
         try:
-            answer = await handler(_asgi_reader(scope, receive, self.reporter.settings.body_timeout_seconds))
+            reader = _asgi_reader(scope, receive, self.reporter.settings.body_timeout_seconds)
+            answer = await handler(reader, _client(scope))
         except ClientDisconnect:
             access.code = "client_disconnected"
             return
@@ -435,14 +455,19 @@ class _Access:
     code: str | None = None
 
 
+def _client(scope: Scope) -> str:
+    """The peer's address; uvicorn puts X-Forwarded-For's there only for `forwarded_allow_ips`."""
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
 def _log_access(scope: Scope, access: _Access) -> None:
     """One line per request: what was asked, by whom, and the answer; never a body or a query."""
-    client = scope.get("client")
     fields = {
         "method": scope["method"],
         "path": scope["path"],
         "status": access.status,
-        "client": client[0] if client else None,
+        "client": _client(scope) or None,
         "code": access.code,
     }
     access_log.info("request", extra=fields)

@@ -27,6 +27,10 @@ from support.net import bound_socket, free_port
 from support.signing_hosts import SigningHost
 from support.tools import BK_REPORTER
 
+# Settings for a fleet simulated on loopback: every host is 127.0.0.1, one client to the
+# per-client ingest limits (bk_reporter.ratelimit), which such a load would otherwise measure.
+ONE_ADDRESS_FLEET = {"ingest_requests_per_minute": "100000000", "ingest_burst": "100000000"}
+
 
 def enroll(owner_url: str, host: SigningHost) -> None:
     with psycopg.connect(owner_url, autocommit=True) as conn:
