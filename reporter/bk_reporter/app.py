@@ -186,7 +186,7 @@ class Reporter:
         parsed = parse_json_body(body)
         if isinstance(parsed, Outcome):
             return self._counted("single", parsed)
-        (outcome,) = await self.ingest.receive([parsed])
+        (outcome,) = await self.ingest.receive([parsed], client)
         return self._counted("single", outcome)
 
     async def ingest_batch(self, read: BodyReader, client: str) -> Answer:
@@ -207,7 +207,7 @@ class Reporter:
         if len(parsed) > self.settings.max_batch_items:
             limit = self.settings.max_batch_items
             return self._counted("batch", Outcome(413, "too_many_items", f"a batch holds at most {limit} envelopes"))
-        outcomes = await self.ingest.receive(parsed)
+        outcomes = await self.ingest.receive(parsed, client)
         self.counters.count("batch", 200, outcomes)
         by_code: dict[str, int] = {}
         for outcome in outcomes:
@@ -314,6 +314,7 @@ class Reporter:
             yield
         finally:
             self.verifier.close()
+            await self.ingest.refusals.drain()
             await self.pool.close()
 
     async def _warn_if_role_may_rewrite(self) -> None:

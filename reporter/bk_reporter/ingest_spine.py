@@ -7,16 +7,19 @@ The checks run in the wire contract's order (ingest.py's docstring):
     envelope (1), size and the key the signature names (2-3)   ingest.envelope_from, signed_by
     signature, parsing, enrolment for the host, schema (3-8)    verifying.Verifier -> ingest.verify
     the enrolment again, at the moment of the INSERT            store.store (via the writer)
+    refusals that are security events, recorded                 refusals.RefusalLog
 
 The keys come from a `KeyCache` (a request's keys would otherwise cost a query each); the
 writer is a `GroupWriter` (concurrent requests share one INSERT and one commit) or, on one
-connection, `store.store` itself.
+connection, `store.store` itself. Refused signatures and keys are recorded by a `RefusalLog`
+before they are answered.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -25,7 +28,8 @@ from psycopg_pool import AsyncConnectionPool
 from . import store
 from .group_commit import GroupWriter
 from .ingest import EnrolledKey, KeyRing, Limits, SignedBy, VerifiedManifest, envelope_from, signed_by
-from .outcome import Outcome
+from .outcome import SECURITY_REFUSALS, Outcome
+from .refusals import Refusal, RefusalLog, claimed_host, refusal
 from .verifying import Verifier
 
 KeyLookup = Callable[[Iterable[str]], Awaitable[KeyRing]]
@@ -74,7 +78,7 @@ class KeyCache:
 
 
 class Ingest:
-    """Owns the key lookup, the verifier and the writer; `receive` answers a request's items."""
+    """Owns the key lookup, the verifier, the writer and the refusal log; `receive` answers a request's items."""
 
     def __init__(
         self,
@@ -83,11 +87,13 @@ class Ingest:
         *,
         keys: KeyLookup,
         write: Writer,
+        refusals: RefusalLog,
         fresh_keys: KeyLookup | None = None,
     ) -> None:
         """`keys` may answer from a cache; then `fresh_keys` reads the database itself."""
         self.limits = limits
         self.verifier = verifier
+        self.refusals = refusals
         self._keys = keys
         self._fresh_keys = fresh_keys
         self._write = write
@@ -105,6 +111,7 @@ class Ingest:
             verifier,
             keys=KeyCache(active_keys).lookup,
             write=GroupWriter(pool).store,
+            refusals=RefusalLog(pool.connection),
             fresh_keys=active_keys,
         )
 
@@ -118,10 +125,22 @@ class Ingest:
         async def write(manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
             return await store.store(conn, manifests)
 
-        return cls(limits, verifier, keys=active_keys, write=write)
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[psycopg.AsyncConnection]:
+            yield conn
 
-    async def receive(self, items: Sequence[Any]) -> list[Outcome]:
-        """One Outcome per item, in order. What was stored is committed when this returns."""
+        return cls(limits, verifier, keys=active_keys, write=write, refusals=RefusalLog(connection))
+
+    async def receive(self, items: Sequence[Any], client: str = "") -> list[Outcome]:
+        """One Outcome per item, in order, for a request from `client` (an address).
+
+        What was stored is committed when this returns, and so are the refusals recorded.
+        """
+        outcomes = await self._checked_and_stored(items)
+        await self.refusals.record(self._security_refusals(items, outcomes, client))
+        return outcomes
+
+    async def _checked_and_stored(self, items: Sequence[Any]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
         signed = self._signed(items, outcomes)
         if signed:
@@ -139,6 +158,20 @@ class Ingest:
         if len(answered) != len(items):
             raise RuntimeError("an item of the request was left without an answer")
         return answered
+
+    def _security_refusals(self, items: Sequence[Any], outcomes: Sequence[Outcome], client: str) -> list[Refusal]:
+        refused = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if outcome.code not in SECURITY_REFUSALS or not self.refusals.admits(client):
+                continue
+            envelope = envelope_from(item)  # accepted: these codes come only after it
+            if isinstance(envelope, Outcome):
+                continue
+            signer = signed_by(envelope, self.limits)
+            fingerprint = None if isinstance(signer, Outcome) else signer.fingerprint
+            host = claimed_host(envelope.manifest)
+            refused.append(refusal(client, outcome.code, outcome.message, host=host, fingerprint=fingerprint))
+        return refused
 
     def _signed(self, items: Sequence[Any], outcomes: list[Outcome | None]) -> list[tuple[int, SignedBy]]:
         signed = []
