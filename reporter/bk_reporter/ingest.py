@@ -13,7 +13,10 @@ The order of the checks is the wire contract's (docs/architecture.md):
 8. it did not finish in the future (beyond future_tolerance)                        else 422
 
 Nothing here touches the database: the keys a batch needs are looked up beforehand
-(`KeyRing`), and storing is `store.py`'s job.
+(`KeyRing`), and storing is `store.py`'s job. Enrolment (3 and 6) is decided, and worded, in
+one place, `enrolment`, for the verifier and for store's re-check at INSERT time. The path
+that runs these checks for a request, and what comes before and after, is ingest_spine.py.
+Before 1, a client over its ingest limit is answered 429 (app.py, ratelimit.py).
 """
 
 from __future__ import annotations
