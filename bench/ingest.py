@@ -264,6 +264,9 @@ def start_reporter(cluster: LocalCluster, database: str, port: int) -> subproces
         "BK_REPORTER_DATABASE_URL": cluster.url(database, user=APP_ROLE),
         "BK_REPORTER_OWNER_DATABASE_URL": cluster.url(database),
         "BK_REPORTER_LOG_LEVEL": "warning",
+        # The simulated hosts are all 127.0.0.1: one client to the per-client ingest limits.
+        "BK_REPORTER_INGEST_REQUESTS_PER_MINUTE": "100000000",
+        "BK_REPORTER_INGEST_BURST": "100000000",
     }
     reporter = subprocess.Popen(
         [str(Path(sys.executable).parent / "bk-reporter"), "serve", "--listen", f"127.0.0.1:{port}"], env=env

@@ -43,6 +43,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     )
     notify.add_argument("--hub-min-free-percent", type=float, default=10.0, help="hub free space alert below this")
     notify.add_argument(
+        "--refused-window-hours",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="a refused-manifests alert (security) clears this long after the host's last refusal",
+    )
+    notify.add_argument(
         "--healthcheck-url",
         default=None,
         help="Healthchecks-compatible ping after each evaluation (default: the routes file's healthcheck_url)",
@@ -88,6 +95,7 @@ def _notify(settings: Settings, args: argparse.Namespace) -> int:
         silent_key_after=timedelta(days=args.silent_key_days),
         offsite_cadence_factor=args.offsite_cadence_factor,
         hub_min_free_fraction=args.hub_min_free_percent / 100,
+        refused_window=timedelta(hours=args.refused_window_hours),
     )
     with db.database(settings) as targets:
         while True:
