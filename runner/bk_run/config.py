@@ -233,11 +233,16 @@ def _policy(fields: Fields, may_keep_nothing: bool = False) -> Dict[str, Any]:
     return policy
 
 
+def _name_of(item: Any) -> str:
+    """A repository's name for an error message, before the name itself is checked."""
+    return str(item.get("name", "?")) if isinstance(item, dict) else "?"
+
+
 class Maintenance:
     """``maintenance.json``: retention for the repositories this identity maintains."""
 
-    def __init__(self, config_dir: str, state_dir: str) -> None:
-        path = os.path.join(config_dir, "maintenance.json")
+    def __init__(self, config_dir: str, state_dir: str, path: Optional[str] = None) -> None:
+        path = path or os.path.join(config_dir, "maintenance.json")
         fields = Fields(
             read_config_file(path), path, ["lock_dir", "lock_timeout_seconds", "repositories", "retention_floor"]
         )
@@ -252,7 +257,8 @@ class Maintenance:
         )
         items = fields.get("repositories", list, required=True)
         self.repositories = [
-            MaintainedRepository(Fields(item, path + ": repository", MaintainedRepository.KEYS)) for item in items
+            MaintainedRepository(Fields(item, "%s: repository %s" % (path, _name_of(item)), MaintainedRepository.KEYS))
+            for item in items
         ]
         for repository in self.repositories:
             repository.retention_floor = self.retention_floor

@@ -14,17 +14,21 @@ import yaml
 HERE = Path(__file__).parent / "several_hubs"
 
 
-def _render(tmp_path: Path, inventory: Path = HERE / "inventory.yml") -> dict[str, object]:
+def _run(tmp_path: Path, inventory: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path / "rendered"
     out.mkdir()
-    playbook = subprocess.run(
+    return subprocess.run(
         ["ansible-playbook", "-i", str(inventory), str(HERE / "render.yml"), "-e", f"bk_out={out}"],
         env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
         capture_output=True,
         text=True,
         check=False,
         timeout=300,
-    )
+    ), out
+
+
+def _render(tmp_path: Path, inventory: Path = HERE / "inventory.yml") -> dict[str, object]:
+    playbook, out = _run(tmp_path, inventory)
     assert playbook.returncode == 0, playbook.stdout + playbook.stderr
     return {path.name: json.loads(path.read_text()) for path in sorted(out.iterdir())}
 
@@ -56,3 +60,18 @@ def test_with_one_hub_a_client_naming_none_is_served_by_it(tmp_path: Path) -> No
     one_hub = tmp_path / "one-hub.yml"
     one_hub.write_text(yaml.safe_dump(fleet))
     assert sorted(_render(tmp_path, one_hub)["hub-a.clients.json"]) == ["db1", "laptop", "unassigned", "web1"]
+
+
+def test_a_misspelt_retention_stops_its_hub_naming_the_client(tmp_path: Path) -> None:
+    """The hub's bk-run validates maintenance.json before it is installed (where client_retention
+    is read): a key a run would only warn about and ignore is refused, and nothing is written."""
+    fleet = yaml.safe_load((HERE / "inventory.yml").read_text())
+    fleet["bk_clients"]["hosts"]["db1"]["client_retention"] = {"keep_dayly": 7, "keep_last": 3}
+    misspelt = tmp_path / "misspelt.yml"
+    misspelt.write_text(yaml.safe_dump(fleet))
+    playbook, out = _run(tmp_path, misspelt)
+    output = playbook.stdout + playbook.stderr
+    assert playbook.returncode != 0
+    assert "repository db1: policy: ignoring unknown keys: keep_dayly" in output
+    assert not (out / "hub-b.maintenance.json").exists()
+    assert (out / "hub-a.maintenance.json").exists()
