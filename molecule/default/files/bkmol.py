@@ -1467,6 +1467,134 @@ def cmd_secrets(args: argparse.Namespace) -> Json:
     }
 
 
+# --- subcommands: notify-once, notifications, enrolled (the reporter's notifications and keys) -------
+
+NOTIFY_UNIT = "bk-reporter-notify.service"
+
+
+def unit_command(host: str, unit: str) -> tuple[list[str], str, dict[str, str]]:
+    """A service's argv, user and environment, as systemd runs it."""
+    props = show(host, unit, ["ExecStart", "User", "Environment"])
+    argv = exec_argv(props.get("ExecStart", ""))
+    if not argv:
+        raise CheckFailed(f"{host}: {unit} has no ExecStart")
+    env = dict(item.split("=", 1) for item in shlex.split(props.get("Environment", "")) if "=" in item)
+    return argv, props.get("User") or "root", env
+
+
+def option(argv: Sequence[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+
+
+def cmd_notify_once(args: argparse.Namespace) -> Json:
+    """One evaluation with the notify service's own command, user and configuration, told to fire
+    without waiting (--fire-after 0): deterministic, where the service's loop would wait minutes."""
+    argv, user, env = unit_command(args.host, NOTIFY_UNIT)
+    argv = [*argv, "--once", "--fire-after", str(args.fire_after)]
+    env_args = [f"{k}={v}" for k, v in sorted(env.items())]
+    started = time.time()
+    proc = run(args.host, ["runuser", "-u", user, "--", "env", *env_args, *argv], check=False, timeout=300)
+    lines = proc.stderr.decode("utf-8", "replace").splitlines()
+    problems = [] if proc.returncode == 0 else [f"{args.host}: notify --once exited {proc.returncode}: {lines[-5:]}"]
+    return {
+        "host": args.host,
+        "started_at": started,
+        "seconds": round(time.time() - started, 3),
+        "exit_status": proc.returncode,
+        "log": [line[-400:] for line in lines[-10:]],
+        "problems": problems,
+    }
+
+
+def latest_event(reporter: Reporter, host: str, job: str, since: float) -> Json | None:
+    """The newest backup event of a host's job that finished after `since` (epoch seconds)."""
+    moment = dt.datetime.fromtimestamp(since, dt.UTC).isoformat().replace("+00:00", "Z")
+    page = reporter.get("/api/v1/events", {"host": host, "kind": "backup", "since": moment, "limit": "1000"})
+    found = [e for e in page["events"] if e.get("job") == job]
+    if not found:
+        return None
+    event = found[-1]
+    received = dt.datetime.fromisoformat(event["received_at"].replace("Z", "+00:00")).timestamp()
+    return {
+        **{k: event.get(k) for k in ("id", "seq", "status", "finished_at", "received_at")},
+        "received_epoch": received,
+    }
+
+
+def cmd_notifications(args: argparse.Namespace) -> Json:
+    """The messages the receiver got (after the first --skip lines) and, per --event HOST:JOB, the
+    newest backup event since --since at the reporter with the time it was received."""
+    raw = read_file(args.host, args.file) or ""
+    lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    messages = [
+        {
+            "received_at": line["received_at"],
+            "title": str((line.get("message") or {}).get("title", "")),
+            "body": str((line.get("message") or {}).get("message", "")),
+            "type": (line.get("message") or {}).get("type"),
+        }
+        for line in lines[args.skip :]
+    ]
+    events: Json = {}
+    if args.event:
+        reporter = Reporter(args.via)
+        for pair in args.event:
+            host, _sep, job = pair.partition(":")
+            events[pair] = latest_event(reporter, host, job, args.since)
+    problems = [f"no backup event of {pair} since {args.since}" for pair, event in events.items() if event is None]
+    return {"total": len(lines), "messages": messages, "events": events, "problems": problems}
+
+
+def cmd_enrolled(args: argparse.Namespace) -> Json:
+    """`bk-reporter hosts list --json` as the role runs it: the schema owner, its pgpass beside the
+    reporter's configuration. Rows sorted; the owner's password never leaves the host."""
+    argv, _user, env = unit_command(args.host, NOTIFY_UNIT)
+    config = env.get("BK_REPORTER_CONFIG")
+    if not config:
+        raise CheckFailed(f"{args.host}: {NOTIFY_UNIT} sets no BK_REPORTER_CONFIG")
+    pgpass = f"{Path(config).parent}/owner.pgpass"
+    entry = (read_file(args.host, pgpass) or "").strip().split(":")
+    if len(entry) < 5:
+        raise CheckFailed(f"{args.host}: {pgpass} is not a pgpass line")
+    owner_url = f"postgresql://{entry[3]}@{entry[0]}:{entry[1]}/{entry[2]}"
+    cli = [argv[0], "hosts", "list", "--json", "--data-dir", option(argv, "--data-dir") or "/var/lib/bk-reporter"]
+    env = {"BK_REPORTER_CONFIG": config, "PGPASSFILE": pgpass, "BK_REPORTER_OWNER_DATABASE_URL": owner_url}
+    proc = run(args.host, cli, env=env)
+    rows = json.loads(proc.stdout)
+    keys = sorted(
+        ({k: row.get(k) for k in ("host", "key_type", "fingerprint", "enrolled_at", "retired_at")} for row in rows),
+        key=lambda r: (r["host"], r["fingerprint"]),
+    )
+    per_host: dict[str, int] = {}
+    for key in keys:
+        if not key["retired_at"]:
+            per_host[key["host"]] = per_host.get(key["host"], 0) + 1
+    return {"keys": keys, "active_per_host": per_host, "problems": []}
+
+
+# --- subcommand: playbook (a run's result from the json stdout callback) ------------------------------
+
+
+def cmd_playbook(args: argparse.Namespace) -> Json:
+    """Per-host stats and every failed task of an ansible-playbook run whose stdout was the
+    ansible.builtin.json callback's document (a text recap is for people, not for checks)."""
+    document = json.loads(Path(args.file).read_text())
+    failed = []
+    for play in document.get("plays", []):
+        for task in play.get("tasks", []):
+            for host, result in (task.get("hosts") or {}).items():
+                if result.get("failed") or result.get("unreachable"):
+                    failed.append(
+                        {
+                            "play": play["play"]["name"],
+                            "task": task["task"]["name"],
+                            "host": host,
+                            "msg": str(result.get("msg", ""))[:1000],
+                        }
+                    )
+    return {"stats": document.get("stats", {}), "failed": failed, "problems": []}
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -1570,6 +1698,28 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("--state", required=True)
     p.add_argument("repos", nargs="+")
     p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser("notify-once", help="one evaluation of the reporter's notify service, firing at once")
+    p.add_argument("--fire-after", type=float, default=0, metavar="MINUTES")
+    p.add_argument("host")
+    p.set_defaults(func=cmd_notify_once)
+
+    p = sub.add_parser("notifications", help="messages a receiver file holds; the backup events behind them")
+    p.add_argument("--skip", type=int, default=0, help="lines already seen")
+    p.add_argument("--via", default=None)
+    p.add_argument("--event", action="append", default=[], metavar="HOST:JOB")
+    p.add_argument("--since", type=float, default=0, help="epoch seconds: events finished after this")
+    p.add_argument("host")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_notifications)
+
+    p = sub.add_parser("enrolled", help="the reporter's enrolled keys (bk-reporter hosts list --json)")
+    p.add_argument("host")
+    p.set_defaults(func=cmd_enrolled)
+
+    p = sub.add_parser("playbook", help="stats and failed tasks of a run printed by the json callback")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_playbook)
 
     p = sub.add_parser("secrets", help="secrets appear in no output, journal, spool or manifest")
     p.add_argument("--via", default=None, help="scan the reporter's manifests too")
