@@ -8,6 +8,7 @@ from bk_reporter.notify.alerts import (
     Alert,
     Thresholds,
     alerts_from_rows,
+    failure_cause,
     group_by_hub,
     hub_of,
     hub_space_alert,
@@ -198,3 +199,12 @@ def test_a_snapshot_not_offsite_within_its_destinations_cadence_is_offsite_late(
     assert offsite_late_alert(within, T0, thresholds) is None
     no_cadence = {**row, "cadence_seconds": None, "oldest_arrived_at": T0 - timedelta(hours=47)}
     assert offsite_late_alert(no_cadence, T0, thresholds) is None
+
+
+def test_the_cause_adds_the_tools_last_word_when_the_sentence_lacks_it():
+    exit_error = '{"message_type":"exit_error","code":1,"message":"Fatal: repository does not exist"}'
+    tail = '{"message_type":"status"}\n' + exit_error
+    assert failure_cause("restic backup exited 1", tail) == "restic backup exited 1: Fatal: repository does not exist"
+    assert failure_cause("restic backup exited 1: Fatal: x", "Fatal: x") == "restic backup exited 1: Fatal: x"
+    assert failure_cause(None, "warning\nlast line") == "last line"
+    assert failure_cause("dump command exited 2", None) == "dump command exited 2"
