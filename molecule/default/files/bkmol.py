@@ -559,7 +559,7 @@ def cmd_fire(args: argparse.Namespace) -> Json:
         out = []
         for timer in by_host[host]:
             try:
-                out.append(fire_one(host, timer, args.timeout, args.expect))
+                out.append(fire_one(host, timer, args.timeout, args.expect, args.stop_after))
             except CheckFailed as exc:
                 out.append({"host": host, "timer": timer, "problems": [str(exc)]})
         return out
@@ -579,11 +579,13 @@ def cmd_fire(args: argparse.Namespace) -> Json:
     }
 
 
-def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
+def fire_one(host: str, timer: str, timeout: float, expect: str, stop_after: float | None = None) -> Json:
     """Make a bk timer elapse now (runtime drop-in OnActiveSec=1s) and wait for its service run.
 
     The unit files the role wrote are untouched: a runtime drop-in in /run adds one
-    trigger, and is removed again after the run.
+    trigger, and is removed again after the run. A run still going after `stop_after`
+    seconds is stopped the way systemd stops it (SIGTERM), as an operator stops a backup
+    that waits on an unreachable hub (restic 0.17+ retries for 15 minutes).
     """
     service = show(host, timer, ["Triggers"]).get("Triggers", "").split()[0]
     before = monotonic_usec(host)
@@ -594,8 +596,16 @@ def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
     run(host, ["tee", f"{dropin_dir}/{DROPIN_NAME}"], stdin=dropin.encode())
     run(host, ["systemctl", "daemon-reload"])
     run(host, ["systemctl", "restart", timer])
+    stopped = False
     try:
-        state = wait_for_run(host, service, before, timeout)
+        try:
+            state = wait_for_run(host, service, before, stop_after or timeout)
+        except CheckFailed:
+            if not stop_after:
+                raise
+            run(host, ["systemctl", "stop", service], timeout=timeout)
+            stopped = True
+            state = wait_for_run(host, service, before, timeout)
         # Read the trigger before the timer restarts: a timer without Persistent=true
         # forgets its last trigger when restarted.
         triggered_state = show(host, timer, ["LastTriggerUSec"])
@@ -637,6 +647,7 @@ def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
         "duration_seconds": round((int(state["ExecMainExitTimestampMonotonic"]) - started) / 1e6, 3),
         "result": state["Result"],
         "exit_status": int(state["ExecMainStatus"] or -1),
+        "stopped_after_seconds": stop_after if stopped else None,
         "invocation": state.get("InvocationID"),
         "journal": lines[-15:],
         "problems": problems,
@@ -1614,6 +1625,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("pairs", nargs="+", metavar="HOST:TIMER")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--expect", choices=["success", "any"], default="success")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS", help="stop a run still going then")
     p.set_defaults(func=cmd_fire)
 
     p = sub.add_parser("snapshots", help="a client job's snapshots and the hub's snapshot files")
