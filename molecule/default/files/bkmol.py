@@ -38,6 +38,8 @@ from typing import Any
 PODMAN = os.environ.get("MOLECULE_PODMAN_EXECUTABLE") or "podman"
 NAMESPACE = "bk-manifest@v1"
 DROPIN_NAME = "zz-bk-molecule-fire.conf"
+# The hub's append-only server (the role's rest-server, or rclone's `serve restic`).
+HUB_SERVERS = frozenset({"rest-server", "restic-rest-server", "rclone"})
 
 Json = dict[str, Any]
 
@@ -206,10 +208,13 @@ def bk_units(host: str) -> Json:
     timers: dict[str, Json] = {}
     service_names = [n for n in names if n.endswith(".service")]
     timer_names = [n for n in names if n.endswith(".timer")]
+    hub_servers: dict[str, list[str]] = {}
     for name, props in (show_many(host, service_names, ["ExecStart"]) if service_names else {}).items():
         argv = exec_argv(props.get("ExecStart", ""))
         if any(Path(a).name in {"bk-run", "bk-reporter"} or "bk_evidence" in a for a in argv[:3]):
             services[name] = argv
+        elif argv and Path(argv[0]).name in HUB_SERVERS and "--append-only" in argv:
+            hub_servers[name] = argv
     for name, props in (show_many(host, timer_names, ["Triggers"]) if timer_names else {}).items():
         for service in props.get("Triggers", "").split():
             if service in services:
@@ -225,8 +230,12 @@ def bk_units(host: str) -> Json:
         for verb in ("receipts", "maintain", "flush"):
             if verb in words:
                 result[verb] = entry
-        if "serve" in words and any(Path(a).name == "bk-reporter" for a in argv):
-            result["reporter"] = entry
+        if any(Path(a).name == "bk-reporter" for a in argv):
+            for verb, key in (("serve", "reporter"), ("notify", "notify")):
+                if verb in words:
+                    result[key] = entry
+    for service in hub_servers:
+        result["hub_server"] = {"service": service, "timer": None}
     return result
 
 
@@ -669,7 +678,7 @@ def cmd_units(args: argparse.Namespace) -> Json:
                 entries.append({"host": host, "name": name, "pair": f"{host}:{entry['timer']}", **entry, **extra})
     singles = {
         verb: [{"host": h, "pair": f"{h}:{u[verb]['timer']}", **u[verb]} for h, u in per_host.items() if u.get(verb)]
-        for verb in ("receipts", "maintain", "flush", "reporter")
+        for verb in ("receipts", "maintain", "flush", "reporter", "notify", "hub_server")
     }
     problems = [f"{e['host']}: {e['service']} has no timer" for e in flat["backup"] if not e["timer"]]
     return {"hosts": per_host, **flat, **singles, "problems": problems}
@@ -1480,8 +1489,6 @@ def cmd_secrets(args: argparse.Namespace) -> Json:
 
 # --- subcommands: notify-once, notifications, enrolled (the reporter's notifications and keys) -------
 
-NOTIFY_UNIT = "bk-reporter-notify.service"
-
 
 def unit_command(host: str, unit: str) -> tuple[list[str], str, dict[str, str]]:
     """A service's argv, user and environment, as systemd runs it."""
@@ -1500,7 +1507,7 @@ def option(argv: Sequence[str], name: str) -> str | None:
 def cmd_notify_once(args: argparse.Namespace) -> Json:
     """One evaluation with the notify service's own command, user and configuration, told to fire
     without waiting (--fire-after 0): deterministic, where the service's loop would wait minutes."""
-    argv, user, env = unit_command(args.host, NOTIFY_UNIT)
+    argv, user, env = unit_command(args.host, args.unit)
     argv = [*argv, "--once", "--fire-after", str(args.fire_after)]
     env_args = [f"{k}={v}" for k, v in sorted(env.items())]
     started = time.time()
@@ -1559,10 +1566,10 @@ def cmd_notifications(args: argparse.Namespace) -> Json:
 def cmd_enrolled(args: argparse.Namespace) -> Json:
     """`bk-reporter hosts list --json` as the role runs it: the schema owner, its pgpass beside the
     reporter's configuration. Rows sorted; the owner's password never leaves the host."""
-    argv, _user, env = unit_command(args.host, NOTIFY_UNIT)
+    argv, _user, env = unit_command(args.host, args.unit)
     config = env.get("BK_REPORTER_CONFIG")
     if not config:
-        raise CheckFailed(f"{args.host}: {NOTIFY_UNIT} sets no BK_REPORTER_CONFIG")
+        raise CheckFailed(f"{args.host}: {args.unit} sets no BK_REPORTER_CONFIG")
     pgpass = f"{Path(config).parent}/owner.pgpass"
     entry = (read_file(args.host, pgpass) or "").strip().split(":")
     if len(entry) < 5:
@@ -1714,6 +1721,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p = sub.add_parser("notify-once", help="one evaluation of the reporter's notify service, firing at once")
     p.add_argument("--fire-after", type=float, default=0, metavar="MINUTES")
     p.add_argument("host")
+    p.add_argument("unit", help="the notify service (`bk-reporter notify`), as `units` found it")
     p.set_defaults(func=cmd_notify_once)
 
     p = sub.add_parser("notifications", help="messages a receiver file holds; the backup events behind them")
@@ -1727,6 +1735,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
 
     p = sub.add_parser("enrolled", help="the reporter's enrolled keys (bk-reporter hosts list --json)")
     p.add_argument("host")
+    p.add_argument("unit", help="a bk-reporter service whose environment names the configuration")
     p.set_defaults(func=cmd_enrolled)
 
     p = sub.add_parser("playbook", help="stats and failed tasks of a run printed by the json callback")
