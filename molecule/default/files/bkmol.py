@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -1574,7 +1575,12 @@ def cmd_enrolled(args: argparse.Namespace) -> Json:
     entry = (read_file(args.host, pgpass) or "").strip().split(":")
     if len(entry) < 5:
         raise CheckFailed(f"{args.host}: {pgpass} is not a pgpass line")
-    owner_url = f"postgresql://{entry[3]}@{entry[0]}:{entry[1]}/{entry[2]}"
+    # The application's database URL, as the schema owner (the pgpass line's role).
+    app_url = urllib.parse.urlsplit(str(tomllib.loads(read_file(args.host, config) or "").get("database_url", "")))
+    if not app_url.hostname:
+        raise CheckFailed(f"{args.host}: {config} has no database_url")
+    netloc = f"{entry[3]}@{app_url.hostname}" + (f":{app_url.port}" if app_url.port else "")
+    owner_url = urllib.parse.urlunsplit(app_url._replace(netloc=netloc))
     cli = [argv[0], "hosts", "list", "--json", "--data-dir", option(argv, "--data-dir") or "/var/lib/bk-reporter"]
     env = {"BK_REPORTER_CONFIG": config, "PGPASSFILE": pgpass, "BK_REPORTER_OWNER_DATABASE_URL": owner_url}
     proc = run(args.host, cli, env=env)
@@ -1588,29 +1594,6 @@ def cmd_enrolled(args: argparse.Namespace) -> Json:
         if not key["retired_at"]:
             per_host[key["host"]] = per_host.get(key["host"], 0) + 1
     return {"keys": keys, "active_per_host": per_host, "problems": []}
-
-
-# --- subcommand: playbook (a run's result from the json stdout callback) ------------------------------
-
-
-def cmd_playbook(args: argparse.Namespace) -> Json:
-    """Per-host stats and every failed task of an ansible-playbook run whose stdout was the
-    ansible.builtin.json callback's document (a text recap is for people, not for checks)."""
-    document = json.loads(Path(args.file).read_text())
-    failed = []
-    for play in document.get("plays", []):
-        for task in play.get("tasks", []):
-            for host, result in (task.get("hosts") or {}).items():
-                if result.get("failed") or result.get("unreachable"):
-                    failed.append(
-                        {
-                            "play": play["play"]["name"],
-                            "task": task["task"]["name"],
-                            "host": host,
-                            "msg": str(result.get("msg", ""))[:1000],
-                        }
-                    )
-    return {"stats": document.get("stats", {}), "failed": failed, "problems": []}
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -1737,10 +1720,6 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("host")
     p.add_argument("unit", help="a bk-reporter service whose environment names the configuration")
     p.set_defaults(func=cmd_enrolled)
-
-    p = sub.add_parser("playbook", help="stats and failed tasks of a run printed by the json callback")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_playbook)
 
     p = sub.add_parser("secrets", help="secrets appear in no output, journal, spool or manifest")
     p.add_argument("--via", default=None, help="scan the reporter's manifests too")
