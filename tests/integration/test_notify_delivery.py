@@ -174,6 +174,26 @@ def test_failing_manifest_is_told_once_with_its_scrubbed_cause_on_ntfy_webhook_a
     assert {body["title"] for _path, body in received.posts[2:]} == {"[bk] RESOLVED: web1/home failing"}
 
 
+def test_the_message_carries_restics_own_reason_when_the_runners_sentence_has_none(
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase, http_receiver: int, received: Received
+):
+    """bk-run on restic 0.14 says only "restic backup exited 1"; restic's reason is in stderr_tail
+    (the error section the molecule scenario's job produced when its source directory vanished)."""
+    error = {
+        "exit_code": 1,
+        "message": "restic backup exited 1",
+        "stderr_tail": "/srv/bk-data does not exist, skipping\nFatal: all target directories/files do not exist",
+    }
+    _ingest(reporter.url, web1, status="failure", snapshot=None, stats=None, error=error)
+    route = Route("webhook", (f"json://127.0.0.1:{http_receiver}/hook",))
+    result = evaluate_once(reporter_db.app_url, [route], datetime.now(UTC), policy=NOW_POLICY)
+    assert (result.transitions, result.sent) == (1, 1)
+    ((_path, hook),) = received.posts
+    assert hook["message"] == (
+        "web1 job home: latest run failed: restic backup exited 1: Fatal: all target directories/files do not exist"
+    )
+
+
 def test_crash_between_send_and_record_repeats_the_message_never_drops_it(
     reporter, web1: SigningHost, reporter_db: ReporterDatabase, routes: list[Route], received: Received
 ):

@@ -8,6 +8,7 @@ from bk_reporter.notify.alerts import (
     Alert,
     Thresholds,
     alerts_from_rows,
+    failure_cause,
     group_by_hub,
     hub_of,
     hub_space_alert,
@@ -225,3 +226,12 @@ def test_refusals_are_one_security_alert_per_claimed_host_through_a_silence_then
     assert clock.step([web1], silence, advance=timedelta(minutes=10)) == ["fire"]
     assert clock.step([web1], silence) == []
     assert clock.step([], silence) == ["recover"]  # no refusal left in the window
+
+
+def test_the_cause_adds_the_tools_last_word_when_the_sentence_lacks_it():
+    exit_error = '{"message_type":"exit_error","code":1,"message":"Fatal: repository does not exist"}'
+    tail = '{"message_type":"status"}\n' + exit_error
+    assert failure_cause("restic backup exited 1", tail) == "restic backup exited 1: Fatal: repository does not exist"
+    assert failure_cause("restic backup exited 1: Fatal: x", "Fatal: x") == "restic backup exited 1: Fatal: x"
+    assert failure_cause(None, "warning\nlast line") == "last line"
+    assert failure_cause("dump command exited 2", None) == "dump command exited 2"

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,6 +39,8 @@ from typing import Any
 PODMAN = os.environ.get("MOLECULE_PODMAN_EXECUTABLE") or "podman"
 NAMESPACE = "bk-manifest@v1"
 DROPIN_NAME = "zz-bk-molecule-fire.conf"
+# The hub's append-only server (the role's rest-server, or rclone's `serve restic`).
+HUB_SERVERS = frozenset({"rest-server", "restic-rest-server", "rclone"})
 
 Json = dict[str, Any]
 
@@ -206,10 +209,13 @@ def bk_units(host: str) -> Json:
     timers: dict[str, Json] = {}
     service_names = [n for n in names if n.endswith(".service")]
     timer_names = [n for n in names if n.endswith(".timer")]
+    hub_servers: dict[str, list[str]] = {}
     for name, props in (show_many(host, service_names, ["ExecStart"]) if service_names else {}).items():
         argv = exec_argv(props.get("ExecStart", ""))
         if any(Path(a).name in {"bk-run", "bk-reporter"} or "bk_run" in a for a in argv[:3]):
             services[name] = argv
+        elif argv and Path(argv[0]).name in HUB_SERVERS and "--append-only" in argv:
+            hub_servers[name] = argv
     for name, props in (show_many(host, timer_names, ["Triggers"]) if timer_names else {}).items():
         for service in props.get("Triggers", "").split():
             if service in services:
@@ -225,8 +231,12 @@ def bk_units(host: str) -> Json:
         for verb in ("receipts", "maintain", "flush"):
             if verb in words:
                 result[verb] = entry
-        if "serve" in words and any(Path(a).name == "bk-reporter" for a in argv):
-            result["reporter"] = entry
+        if any(Path(a).name == "bk-reporter" for a in argv):
+            for verb, key in (("serve", "reporter"), ("notify", "notify")):
+                if verb in words:
+                    result[key] = entry
+    for service in hub_servers:
+        result["hub_server"] = {"service": service, "timer": None}
     return result
 
 
@@ -559,7 +569,7 @@ def cmd_fire(args: argparse.Namespace) -> Json:
         out = []
         for timer in by_host[host]:
             try:
-                out.append(fire_one(host, timer, args.timeout, args.expect))
+                out.append(fire_one(host, timer, args.timeout, args.expect, args.stop_after))
             except CheckFailed as exc:
                 out.append({"host": host, "timer": timer, "problems": [str(exc)]})
         return out
@@ -579,11 +589,13 @@ def cmd_fire(args: argparse.Namespace) -> Json:
     }
 
 
-def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
+def fire_one(host: str, timer: str, timeout: float, expect: str, stop_after: float | None = None) -> Json:
     """Make a bk timer elapse now (runtime drop-in OnActiveSec=1s) and wait for its service run.
 
     The unit files the role wrote are untouched: a runtime drop-in in /run adds one
-    trigger, and is removed again after the run.
+    trigger, and is removed again after the run. A run still going after `stop_after`
+    seconds is stopped the way systemd stops it (SIGTERM), as an operator stops a backup
+    that waits on an unreachable hub (restic 0.17+ retries for 15 minutes).
     """
     service = show(host, timer, ["Triggers"]).get("Triggers", "").split()[0]
     before = monotonic_usec(host)
@@ -594,8 +606,16 @@ def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
     run(host, ["tee", f"{dropin_dir}/{DROPIN_NAME}"], stdin=dropin.encode())
     run(host, ["systemctl", "daemon-reload"])
     run(host, ["systemctl", "restart", timer])
+    stopped = False
     try:
-        state = wait_for_run(host, service, before, timeout)
+        try:
+            state = wait_for_run(host, service, before, stop_after or timeout)
+        except CheckFailed:
+            if not stop_after:
+                raise
+            run(host, ["systemctl", "stop", service], timeout=timeout)
+            stopped = True
+            state = wait_for_run(host, service, before, timeout)
         # Read the trigger before the timer restarts: a timer without Persistent=true
         # forgets its last trigger when restarted.
         triggered_state = show(host, timer, ["LastTriggerUSec"])
@@ -637,6 +657,7 @@ def fire_one(host: str, timer: str, timeout: float, expect: str) -> Json:
         "duration_seconds": round((int(state["ExecMainExitTimestampMonotonic"]) - started) / 1e6, 3),
         "result": state["Result"],
         "exit_status": int(state["ExecMainStatus"] or -1),
+        "stopped_after_seconds": stop_after if stopped else None,
         "invocation": state.get("InvocationID"),
         "journal": lines[-15:],
         "problems": problems,
@@ -658,7 +679,7 @@ def cmd_units(args: argparse.Namespace) -> Json:
                 entries.append({"host": host, "name": name, "pair": f"{host}:{entry['timer']}", **entry, **extra})
     singles = {
         verb: [{"host": h, "pair": f"{h}:{u[verb]['timer']}", **u[verb]} for h, u in per_host.items() if u.get(verb)]
-        for verb in ("receipts", "maintain", "flush", "reporter")
+        for verb in ("receipts", "maintain", "flush", "reporter", "notify", "hub_server")
     }
     problems = [f"{e['host']}: {e['service']} has no timer" for e in flat["backup"] if not e["timer"]]
     return {"hosts": per_host, **flat, **singles, "problems": problems}
@@ -1467,6 +1488,114 @@ def cmd_secrets(args: argparse.Namespace) -> Json:
     }
 
 
+# --- subcommands: notify-once, notifications, enrolled (the reporter's notifications and keys) -------
+
+
+def unit_command(host: str, unit: str) -> tuple[list[str], str, dict[str, str]]:
+    """A service's argv, user and environment, as systemd runs it."""
+    props = show(host, unit, ["ExecStart", "User", "Environment"])
+    argv = exec_argv(props.get("ExecStart", ""))
+    if not argv:
+        raise CheckFailed(f"{host}: {unit} has no ExecStart")
+    env = dict(item.split("=", 1) for item in shlex.split(props.get("Environment", "")) if "=" in item)
+    return argv, props.get("User") or "root", env
+
+
+def option(argv: Sequence[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+
+
+def cmd_notify_once(args: argparse.Namespace) -> Json:
+    """One evaluation with the notify service's own command, user and configuration, told to fire
+    without waiting (--fire-after 0): deterministic, where the service's loop would wait minutes."""
+    argv, user, env = unit_command(args.host, args.unit)
+    argv = [*argv, "--once", "--fire-after", str(args.fire_after)]
+    env_args = [f"{k}={v}" for k, v in sorted(env.items())]
+    started = time.time()
+    proc = run(args.host, ["runuser", "-u", user, "--", "env", *env_args, *argv], check=False, timeout=300)
+    lines = proc.stderr.decode("utf-8", "replace").splitlines()
+    problems = [] if proc.returncode == 0 else [f"{args.host}: notify --once exited {proc.returncode}: {lines[-5:]}"]
+    return {
+        "host": args.host,
+        "started_at": started,
+        "seconds": round(time.time() - started, 3),
+        "exit_status": proc.returncode,
+        "log": [line[-400:] for line in lines[-10:]],
+        "problems": problems,
+    }
+
+
+def latest_event(reporter: Reporter, host: str, job: str, since: float) -> Json | None:
+    """The newest backup event of a host's job that finished after `since` (epoch seconds)."""
+    moment = dt.datetime.fromtimestamp(since, dt.UTC).isoformat().replace("+00:00", "Z")
+    page = reporter.get("/api/v1/events", {"host": host, "kind": "backup", "since": moment, "limit": "1000"})
+    found = [e for e in page["events"] if e.get("job") == job]
+    if not found:
+        return None
+    event = found[-1]
+    received = dt.datetime.fromisoformat(event["received_at"].replace("Z", "+00:00")).timestamp()
+    return {
+        **{k: event.get(k) for k in ("id", "seq", "status", "finished_at", "received_at")},
+        "received_epoch": received,
+    }
+
+
+def cmd_notifications(args: argparse.Namespace) -> Json:
+    """The messages the receiver got (after the first --skip lines) and, per --event HOST:JOB, the
+    newest backup event since --since at the reporter with the time it was received."""
+    raw = read_file(args.host, args.file) or ""
+    lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    messages = [
+        {
+            "received_at": line["received_at"],
+            "title": str((line.get("message") or {}).get("title", "")),
+            "body": str((line.get("message") or {}).get("message", "")),
+            "type": (line.get("message") or {}).get("type"),
+        }
+        for line in lines[args.skip :]
+    ]
+    events: Json = {}
+    if args.event:
+        reporter = Reporter(args.via)
+        for pair in args.event:
+            host, _sep, job = pair.partition(":")
+            events[pair] = latest_event(reporter, host, job, args.since)
+    problems = [f"no backup event of {pair} since {args.since}" for pair, event in events.items() if event is None]
+    return {"total": len(lines), "messages": messages, "events": events, "problems": problems}
+
+
+def cmd_enrolled(args: argparse.Namespace) -> Json:
+    """`bk-reporter hosts list --json` as the role runs it: the schema owner, its pgpass beside the
+    reporter's configuration. Rows sorted; the owner's password never leaves the host."""
+    argv, _user, env = unit_command(args.host, args.unit)
+    config = env.get("BK_REPORTER_CONFIG")
+    if not config:
+        raise CheckFailed(f"{args.host}: {args.unit} sets no BK_REPORTER_CONFIG")
+    pgpass = f"{Path(config).parent}/owner.pgpass"
+    entry = (read_file(args.host, pgpass) or "").strip().split(":")
+    if len(entry) < 5:
+        raise CheckFailed(f"{args.host}: {pgpass} is not a pgpass line")
+    # The application's database URL, as the schema owner (the pgpass line's role).
+    app_url = urllib.parse.urlsplit(str(tomllib.loads(read_file(args.host, config) or "").get("database_url", "")))
+    if not app_url.hostname:
+        raise CheckFailed(f"{args.host}: {config} has no database_url")
+    netloc = f"{entry[3]}@{app_url.hostname}" + (f":{app_url.port}" if app_url.port else "")
+    owner_url = urllib.parse.urlunsplit(app_url._replace(netloc=netloc))
+    cli = [argv[0], "hosts", "list", "--json", "--data-dir", option(argv, "--data-dir") or "/var/lib/bk-reporter"]
+    env = {"BK_REPORTER_CONFIG": config, "PGPASSFILE": pgpass, "BK_REPORTER_OWNER_DATABASE_URL": owner_url}
+    proc = run(args.host, cli, env=env)
+    rows = json.loads(proc.stdout)
+    keys = sorted(
+        ({k: row.get(k) for k in ("host", "key_type", "fingerprint", "enrolled_at", "retired_at")} for row in rows),
+        key=lambda r: (r["host"], r["fingerprint"]),
+    )
+    per_host: dict[str, int] = {}
+    for key in keys:
+        if not key["retired_at"]:
+            per_host[key["host"]] = per_host.get(key["host"], 0) + 1
+    return {"keys": keys, "active_per_host": per_host, "problems": []}
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -1486,6 +1615,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("pairs", nargs="+", metavar="HOST:TIMER")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--expect", choices=["success", "any"], default="success")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS", help="stop a run still going then")
     p.set_defaults(func=cmd_fire)
 
     p = sub.add_parser("snapshots", help="a client job's snapshots and the hub's snapshot files")
@@ -1570,6 +1700,26 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("--state", required=True)
     p.add_argument("repos", nargs="+")
     p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser("notify-once", help="one evaluation of the reporter's notify service, firing at once")
+    p.add_argument("--fire-after", type=float, default=0, metavar="MINUTES")
+    p.add_argument("host")
+    p.add_argument("unit", help="the notify service (`bk-reporter notify`), as `units` found it")
+    p.set_defaults(func=cmd_notify_once)
+
+    p = sub.add_parser("notifications", help="messages a receiver file holds; the backup events behind them")
+    p.add_argument("--skip", type=int, default=0, help="lines already seen")
+    p.add_argument("--via", default=None)
+    p.add_argument("--event", action="append", default=[], metavar="HOST:JOB")
+    p.add_argument("--since", type=float, default=0, help="epoch seconds: events finished after this")
+    p.add_argument("host")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_notifications)
+
+    p = sub.add_parser("enrolled", help="the reporter's enrolled keys (bk-reporter hosts list --json)")
+    p.add_argument("host")
+    p.add_argument("unit", help="a bk-reporter service whose environment names the configuration")
+    p.set_defaults(func=cmd_enrolled)
 
     p = sub.add_parser("secrets", help="secrets appear in no output, journal, spool or manifest")
     p.add_argument("--via", default=None, help="scan the reporter's manifests too")

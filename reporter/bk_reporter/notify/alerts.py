@@ -7,6 +7,7 @@ the evidence's own times, so a backlog that arrives late is judged by when thing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -46,11 +47,11 @@ SELECT f.host, coalesce(f.job, '') AS job, f.kind, f.state, f.last_finished_at, 
                 (SELECT s.repository_url FROM snapshots s
                   WHERE s.host = f.host AND s.job = f.job AND s.repository_url LIKE 'rest:%%'
                   ORDER BY s.claimed_at DESC NULLS LAST LIMIT 1)) AS repository_url,
-       (SELECT coalesce(bk_manifest_doc(e.manifest) #>> '{error,message}',
-                        bk_manifest_doc(e.manifest) #>> '{error,stderr_tail}') FROM events e
-         WHERE e.id = f.last_event_id) AS cause
+       last_error.error ->> 'message' AS cause, last_error.error ->> 'stderr_tail' AS stderr_tail
   FROM fleet_status f
   LEFT JOIN enrolled_hosts eh ON eh.host = f.host
+  LEFT JOIN LATERAL (SELECT bk_manifest_doc(e.manifest) -> 'error' AS error FROM events e
+                      WHERE e.id = f.last_event_id) last_error ON true
  WHERE f.state <> 'ok'
 """
 
@@ -71,6 +72,34 @@ def _mask_url_credentials(text: str) -> str:
         masked = sep and "@" in rest.split("/", 1)[0]
         words.append(f"{scheme}://***@{rest.split('@', 1)[1]}" if masked else word)
     return " ".join(words)
+
+
+def failure_cause(message: str | None, stderr_tail: str | None) -> str:
+    """The runner's sentence and, where it does not say it already, the tool's own last word: restic
+    0.14 gives its reason only as text, and "restic backup exited 1" alone is nothing to act on."""
+    last = _last_word(stderr_tail)
+    if message and last and last not in message:
+        return f"{message}: {last}"
+    return message or last or ""
+
+
+def _last_word(stderr_tail: str | None) -> str:
+    """restic's last "Fatal:" line, else its last line; a --json message line by its message."""
+    lines = [_plain_line(raw) for raw in (stderr_tail or "").splitlines()]
+    lines = [line for line in lines if line]
+    fatal = [line for line in lines if line.startswith("Fatal:")]
+    return (fatal or lines or [""])[-1]
+
+
+def _plain_line(raw: str) -> str:
+    text = raw.strip()
+    if not text.startswith("{"):
+        return text
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    return str(decoded.get("message") or "").strip() if isinstance(decoded, dict) else text
 
 
 def hub_of(repository_url: str | None) -> str | None:
@@ -99,7 +128,7 @@ def _alert_from_row(row: Mapping[str, Any]) -> Alert | None:
     state, label = row["state"], _job_label(row)
     hub = hub_of(row.get("repository_url"))
     if state == "failing":
-        cause = scrub(row.get("cause")) or "no cause in the manifest"
+        cause = scrub(failure_cause(row.get("cause"), row.get("stderr_tail"))) or "no cause in the manifest"
         return Alert(
             row["host"],
             row["job"],
