@@ -148,8 +148,8 @@ JSON_SCHEMA: Dict[str, Any] = {
                     "type": "string",
                     "pattern": "^[a-z][a-z_]*$",
                     "maxLength": 64,
-                    "description": "v1.1: what went wrong, for machines: no_repository, lock_failed, wrong_password, "
-                    "incomplete_snapshot, interrupted, dump_failed, option_unsupported",
+                    "description": "v1.1: what went wrong, for machines: repository_unreachable, no_repository, "
+                    "lock_failed, wrong_password, incomplete_snapshot, interrupted, dump_failed, option_unsupported",
                 },
             },
         },

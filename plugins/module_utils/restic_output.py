@@ -96,6 +96,7 @@ def exit_error(stderr: str) -> Optional[Dict[str, Any]]:
 
 # What restic's exit codes mean (restic 0.17+ has 10-12; 0.14 exits 1 and says so in text, matched below)
 FAILURE_CAUSES: Dict[str, str] = {
+    "repository_unreachable": "the repository's server could not be reached",
     "no_repository": "the repository does not exist (was it initialised?)",
     "lock_failed": "could not lock the repository",
     "wrong_password": "the repository password is wrong",
@@ -103,7 +104,12 @@ FAILURE_CAUSES: Dict[str, str] = {
     "interrupted": "interrupted",
 }
 _CAUSE_BY_EXIT_CODE = {10: "no_repository", 11: "lock_failed", 12: "wrong_password", 3: "incomplete_snapshot"}
+# First match wins: restic 0.14 follows a refused connection with "Is there a repository at ...".
+_NETWORK_ERROR = (
+    r"(?:connection refused|no such host|i/o timeout|network is unreachable|no route to host|TLS handshake)"
+)
 _CAUSE_BY_TEXT = (
+    ("repository_unreachable", re.compile(r"Fatal: [^\n]*" + _NETWORK_ERROR)),
     ("no_repository", re.compile(r"Fatal: unable to open config file: .*\nIs there a repository at the following")),
     ("lock_failed", re.compile(r"unable to create lock in backend|repository is already locked")),
     ("wrong_password", re.compile(r"Fatal: wrong password or no key found")),

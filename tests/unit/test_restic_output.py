@@ -113,6 +113,13 @@ FAILURES = [
         '{"message_type":"exit_error","code":10,"message":"Fatal: repository does not exist: '
         'unable to open config file: stat /r/config: no such file or directory"}\n',
     ),
+    (  # restic 0.14 against a port where nothing listens
+        "repository_unreachable",
+        1,
+        'Fatal: unable to open config file: client.Head: Head "http://127.0.0.1:9/web1/config": dial tcp '
+        "127.0.0.1:9: connect: connection refused\nIs there a repository at the following location?\n"
+        "rest:http://127.0.0.1:9/web1/\n",
+    ),
     ("wrong_password", 1, "Fatal: wrong password or no key found\n"),
     (
         "wrong_password",
