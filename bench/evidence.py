@@ -178,7 +178,7 @@ def runner_backup(scratch: Path, data: Path, key: Path, url: str, label: str, *,
         ],
     }
     (config / "bk.json").write_text(json.dumps(settings))
-    command = [SYSTEM_PYTHON, "-m", "bk_evidence.runner", "--config", str(config), "backup", "bench"]
+    command = [SYSTEM_PYTHON, "-m", "bk_run", "--config", str(config), "backup", "bench"]
     env = dict(os.environ, PYTHONPATH=str(scratch / "lib"))
     # Steady state, as on a host after its first run: the repository id is known (restic cat
     # config runs once per repository), the chain exists, the job's last snapshot is known (the
@@ -221,6 +221,7 @@ def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
     (scratch / "empty").mkdir()
     (scratch / "lib").mkdir()
     (scratch / "lib" / "bk_evidence").symlink_to(REPO / "plugins" / "module_utils")
+    (scratch / "lib" / "bk_run").symlink_to(REPO / "runner" / "bk_run")
     key = make_key(scratch, "host_key")
     hosts = {f"bench-{kind}{run}": [public_line(key)] for kind in VARIANTS for run in range(-1, repeat)}
     results: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}

@@ -264,6 +264,9 @@ def start_reporter(cluster: LocalCluster, database: str, port: int) -> subproces
         "BK_REPORTER_DATABASE_URL": cluster.url(database, user=APP_ROLE),
         "BK_REPORTER_OWNER_DATABASE_URL": cluster.url(database),
         "BK_REPORTER_LOG_LEVEL": "warning",
+        # The simulated hosts are all 127.0.0.1: one client to the per-client ingest limits.
+        "BK_REPORTER_INGEST_REQUESTS_PER_MINUTE": "100000000",
+        "BK_REPORTER_INGEST_BURST": "100000000",
     }
     reporter = subprocess.Popen(
         [str(Path(sys.executable).parent / "bk-reporter"), "serve", "--listen", f"127.0.0.1:{port}"], env=env
@@ -394,30 +397,39 @@ class CpuMeter:
         )
 
 
+def latency_figures(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000,
+        "max_ms": max(latencies) * 1000,
+    }
+
+
+def finish_phase(
+    key: str, figures: dict, statuses: list[int], *, meter: CpuMeter, before: tuple[float, float, float], results: dict
+) -> Answers:
+    """Keep a phase's figures, print what it cost, and count its answers."""
+    results[key] = figures
+    print(meter.report(before, figures["manifests"], figures))
+    answers = Answers()
+    answers.count(statuses)
+    return answers
+
+
 def run_single(
     port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
 ) -> Answers:
     before = meter.sample()
     elapsed, latencies, statuses = asyncio.run(post_singles(port, workload.singles, args.concurrency))
     rate = len(workload.singles) / elapsed
-    p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+    figures = {"manifests": len(workload.singles), "concurrency": args.concurrency, "rate": rate}
+    figures |= {"ratio": rate / raw_rate, **latency_figures(latencies)}
     print(
-        f"single POST, {args.concurrency} clients:  {rate:9.0f} manifests/s  (ratio {rate / raw_rate:.2f}; "
-        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, mean {statistics.fmean(latencies) * 1000:.1f} ms)"
+        f"single POST, {args.concurrency} clients:  {rate:9.0f} manifests/s  (ratio {figures['ratio']:.2f}; "
+        f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, mean {figures['mean_ms']:.1f} ms)"
     )
-    results["single"] = {
-        "manifests": len(workload.singles),
-        "concurrency": args.concurrency,
-        "rate": rate,
-        "ratio": rate / raw_rate,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "mean_ms": statistics.fmean(latencies) * 1000,
-    }
-    print(meter.report(before, len(workload.singles), results["single"]))
-    answers = Answers()
-    answers.count(statuses)
-    return answers
+    return finish_phase("single", figures, statuses, meter=meter, before=before, results=results)
 
 
 def run_batches(
@@ -426,21 +438,13 @@ def run_batches(
     before = meter.sample()
     elapsed, statuses = asyncio.run(post_batches(port, workload.batches, args.batch_concurrency))
     rate = workload.batch_items / elapsed
+    figures = {"manifests": workload.batch_items, "batch_size": args.batch_size, "concurrency": args.batch_concurrency}
+    figures |= {"rate": rate, "ratio": rate / raw_rate}
     print(
         f"batch POST, {args.batch_size} per request, {args.batch_concurrency} clients:  {rate:9.0f} manifests/s  "
-        f"(ratio {rate / raw_rate:.2f})"
+        f"(ratio {figures['ratio']:.2f})"
     )
-    results["batch"] = {
-        "manifests": workload.batch_items,
-        "batch_size": args.batch_size,
-        "concurrency": args.batch_concurrency,
-        "rate": rate,
-        "ratio": rate / raw_rate,
-    }
-    print(meter.report(before, workload.batch_items, results["batch"]))
-    answers = Answers()
-    answers.count(statuses)
-    return answers
+    return finish_phase("batch", figures, statuses, meter=meter, before=before, results=results)
 
 
 def run_open_loop(
@@ -448,25 +452,15 @@ def run_open_loop(
 ) -> Answers:
     before = meter.sample()
     elapsed, latencies, statuses = asyncio.run(post_open_loop(port, workload.open_loop, args.open_rate))
-    achieved = len(workload.open_loop) / elapsed
-    p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+    rate = len(workload.open_loop) / elapsed
+    figures = {"manifests": len(workload.open_loop), "offered_rate": args.open_rate, "rate": rate}
+    figures |= {"ratio": rate / raw_rate, **latency_figures(latencies)}
     print(
-        f"open loop, {args.open_rate:.0f}/s offered: {achieved:9.0f} manifests/s  (ratio {achieved / raw_rate:.2f}; "
-        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms; target p99 <= 50 ms)"
+        f"open loop, {args.open_rate:.0f}/s offered: {rate:9.0f} manifests/s  (ratio {figures['ratio']:.2f}; "
+        f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, max {figures['max_ms']:.1f} ms; "
+        "target p99 <= 50 ms)"
     )
-    results["open_loop"] = {
-        "manifests": len(workload.open_loop),
-        "offered_rate": args.open_rate,
-        "achieved_rate": achieved,
-        "ratio": achieved / raw_rate,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "max_ms": max(latencies) * 1000,
-    }
-    print(meter.report(before, len(workload.open_loop), results["open_loop"]))
-    answers = Answers()
-    answers.count(statuses)
-    return answers
+    return finish_phase("open_loop", figures, statuses, meter=meter, before=before, results=results)
 
 
 def arguments() -> argparse.Namespace:

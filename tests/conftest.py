@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,23 +16,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 
 from bk_reporter.pgcluster import LocalCluster  # noqa: E402
+from support.database import throwaway_cluster  # noqa: E402
 from support.reporters import ReporterDatabase, migrated  # noqa: E402
 from support.tools import RESTIC_BUILDS, tool  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalCluster]:
-    """One private PostgreSQL cluster per test session (fsync off: throwaway data).
-
-    It lives directly under the system temp directory because, as root, the server
-    runs as `postgres`, which cannot enter pytest's private (0700) temp tree.
-    """
-    cluster = LocalCluster.under(Path(tempfile.mkdtemp(prefix="bk-pg-")), fsync=False)
-    cluster.start()
-    try:
+    """One private PostgreSQL cluster per test session (fsync off: throwaway data)."""
+    with throwaway_cluster(fsync=False) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture

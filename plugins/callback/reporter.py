@@ -94,16 +94,16 @@ options:
 
 import json
 import os
+import platform
 import time
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
 
-from ansible_collections.bkfleet.backup.plugins.module_utils.config import Settings
 from ansible_collections.bkfleet.backup.plugins.module_utils.manifest import new_manifest, utc_now
-from ansible_collections.bkfleet.backup.plugins.module_utils.process import python_version
 from ansible_collections.bkfleet.backup.plugins.module_utils.recorder import BK_VERSION, Recorder
+from ansible_collections.bkfleet.backup.plugins.module_utils.settings import Settings
 
 ENVELOPE_KEYS = ("envelope", "bk_envelope")
 COUNTS = (("ok", "ok"), ("changed", "changed"), ("failures", "failed"), ("unreachable", "unreachable"))
@@ -241,5 +241,5 @@ class CallbackModule(CallbackBase):
                 "check_mode": bool(context.CLIARGS.get("check", False)),
                 "forwarded": len(self._envelopes),
             },
-            tools={"ansible": ansible_version, "bk": BK_VERSION, "python": python_version()},
+            tools={"ansible": ansible_version, "bk": BK_VERSION, "python": platform.python_version()},
         )

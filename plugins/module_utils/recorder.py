@@ -12,8 +12,8 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from .chain import Chain
-from .config import Settings
 from .runlog import RunLog
+from .settings import Settings
 from .spool import Spool
 
 if TYPE_CHECKING:

@@ -164,12 +164,12 @@ seq:
 
 import json
 import os
+import platform
 
 from ansible.module_utils.ansible_release import __version__ as ansible_version
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.bkfleet.backup.plugins.module_utils.chain import read_state
-from ansible_collections.bkfleet.backup.plugins.module_utils.config import ConfigError, Settings
 from ansible_collections.bkfleet.backup.plugins.module_utils.manifest import (
     KINDS,
     STATUSES,
@@ -179,9 +179,9 @@ from ansible_collections.bkfleet.backup.plugins.module_utils.manifest import (
     utc_now,
     validate,
 )
-from ansible_collections.bkfleet.backup.plugins.module_utils.process import python_version
 from ansible_collections.bkfleet.backup.plugins.module_utils.recorder import BK_VERSION, Recorder
 from ansible_collections.bkfleet.backup.plugins.module_utils.restic_output import strip_url_credentials
+from ansible_collections.bkfleet.backup.plugins.module_utils.settings import ConfigError, Settings
 
 SETTINGS_OPTIONS = ("host", "host_key", "state_dir", "spool_dir")
 RESERVED_SECTIONS = ("schema", "id", "host", "seq", "prev", "kind", "status", "started_at", "finished_at")
@@ -241,7 +241,7 @@ def build(module: AnsibleModule, started_default: str) -> dict:
         if isinstance(repository.get("url"), str):
             repository["url"] = strip_url_credentials(repository["url"])
         sections["repository"] = repository
-    sections.setdefault("tools", {"bk": BK_VERSION, "ansible": ansible_version, "python": python_version()})
+    sections.setdefault("tools", {"bk": BK_VERSION, "ansible": ansible_version, "python": platform.python_version()})
     now = rfc3339(utc_now())
     return new_manifest(
         params["kind"],

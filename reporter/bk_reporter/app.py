@@ -1,4 +1,7 @@
-"""The reporter's ASGI application (Starlette): ingest, fleet state, events, metrics.
+"""The reporter's ASGI application (Starlette): HTTP for ingest, fleet state, events, metrics.
+
+Ingest is answered by `ReporterApp._dispatch` before Starlette; what happens to the envelopes
+is `ingest_spine.Ingest`'s.
 
 The read-only web pages (bk_reporter.web) are installed on the same application.
 """
@@ -8,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -20,18 +22,19 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from . import fleet, metrics, openapi, readmodel, store
-from .group_commit import GroupWriter
-from .ingest import EnrolledKey, KeyRing, Limits, parse_json_body
+from . import fleet, metrics, openapi, readmodel
+from .ingest import Limits, parse_json_body
+from .ingest_spine import Ingest
 from .notify import web as notify_web
 from .outcome import Outcome
-from .receive import receive_with
+from .ratelimit import ClientLimiter
 from .settings import Settings
 from .verifying import Verifier
 from .web.routes import install_pages
@@ -46,8 +49,6 @@ ENVELOPE_SIGNATURE_ALLOWANCE = 64 * 1024
 RETRY_AFTER_SECONDS = "30"
 INGEST_SINGLE = "/api/v1/manifests"
 INGEST_BATCH = "/api/v1/manifests/batch"
-KEY_CACHE_SECONDS = 60.0
-KEY_CACHE_LIMIT = 100_000
 
 
 class _TooLarge(Exception):
@@ -115,7 +116,7 @@ def _json_response(answer: Answer) -> Response:
         _json_body(content),
         status_code=status,
         media_type="application/json",
-        headers={name.decode("latin-1"): value.decode("latin-1") for name, value in headers},
+        headers=_latin1(headers),
     )
 
 
@@ -143,43 +144,6 @@ async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     await conn.execute("SET jit = off")
 
 
-class KeyCache:
-    """Enrolled keys by fingerprint, read from the database at most every KEY_CACHE_SECONDS.
-
-    A request's keys would otherwise cost a query each. What a cached entry can get wrong is
-    bounded: a fingerprint names its key material exactly (no stale key can verify anything);
-    a host enrolled for the key since is looked up again before "not for this host" is
-    answered (receive.py); a key retired since is refused by store's INSERT, which checks the
-    enrolment in the same statement. Unknown fingerprints are never cached.
-    """
-
-    def __init__(self, read: Callable[[Iterable[str]], Awaitable[KeyRing]]) -> None:
-        self._read = read
-        self._entries: dict[str, tuple[float, EnrolledKey]] = {}
-
-    async def lookup(self, fingerprints: Iterable[str]) -> KeyRing:
-        now = time.monotonic()
-        ring: dict[str, EnrolledKey] = {}
-        missing = set()
-        for fingerprint in fingerprints:
-            entry = self._entries.get(fingerprint)
-            if entry is not None and now - entry[0] < KEY_CACHE_SECONDS:
-                ring[fingerprint] = entry[1]
-            else:
-                missing.add(fingerprint)
-        if missing:
-            found = await self._read(missing)
-            if len(self._entries) > KEY_CACHE_LIMIT:
-                self._entries.clear()
-            for fingerprint in missing:
-                if fingerprint in found:
-                    self._entries[fingerprint] = (now, found[fingerprint])
-                else:
-                    self._entries.pop(fingerprint, None)
-            ring.update(found)
-        return ring
-
-
 class Reporter:
     """The application's state: settings, the connection pool and the ingest counters."""
 
@@ -200,8 +164,8 @@ class Reporter:
         )
         self.counters = metrics.IngestCounters()
         self.verifier = Verifier(settings.verify_processes)
-        self.writer = GroupWriter(self.pool)
-        self.keys = KeyCache(self._active_keys)
+        self.ingest = Ingest.pooled(self.pool, self.limits, self.verifier)
+        self.limiter = ClientLimiter(settings.ingest_requests_per_minute, settings.ingest_burst)
 
     @property
     def single_body_limit(self) -> int:
@@ -209,17 +173,10 @@ class Reporter:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def post_manifest(self, request: Request) -> Response:
-        return _json_response(
-            await self.ingest_single(_asgi_reader(request.scope, request.receive, self.settings.body_timeout_seconds))
-        )
-
-    async def post_batch(self, request: Request) -> Response:
-        return _json_response(
-            await self.ingest_batch(_asgi_reader(request.scope, request.receive, self.settings.body_timeout_seconds))
-        )
-
-    async def ingest_single(self, read: BodyReader) -> Answer:
+    async def ingest_single(self, read: BodyReader, client: str) -> Answer:
+        limited = self._rate_limited("single", client)
+        if limited is not None:
+            return limited
         try:
             body = await read(self.single_body_limit)
         except _TooLarge as exc:
@@ -229,10 +186,13 @@ class Reporter:
         parsed = parse_json_body(body)
         if isinstance(parsed, Outcome):
             return self._counted("single", parsed)
-        (outcome,) = await self._receive([parsed])
+        (outcome,) = await self.ingest.receive([parsed], client)
         return self._counted("single", outcome)
 
-    async def ingest_batch(self, read: BodyReader) -> Answer:
+    async def ingest_batch(self, read: BodyReader, client: str) -> Answer:
+        limited = self._rate_limited("batch", client)
+        if limited is not None:
+            return limited
         try:
             body = await read(self.settings.max_batch_bytes)
         except _TooLarge as exc:
@@ -247,7 +207,7 @@ class Reporter:
         if len(parsed) > self.settings.max_batch_items:
             limit = self.settings.max_batch_items
             return self._counted("batch", Outcome(413, "too_many_items", f"a batch holds at most {limit} envelopes"))
-        outcomes = await self._receive(parsed)
+        outcomes = await self.ingest.receive(parsed, client)
         self.counters.count("batch", 200, outcomes)
         by_code: dict[str, int] = {}
         for outcome in outcomes:
@@ -256,14 +216,16 @@ class Reporter:
         log.info("batch", extra={"items": len(outcomes), "outcomes": by_code})
         return 200, [outcome.as_json() for outcome in outcomes], []
 
-    async def _receive(self, items: list[Any]) -> list[Outcome]:
-        return await receive_with(
-            self.keys.lookup, self.writer.store, items, self.limits, self.verifier, fresh_keys=self._active_keys
+    def _rate_limited(self, endpoint: str, client: str) -> Answer | None:
+        """429 before the body is read, when this client has used up its requests (ratelimit.py)."""
+        retry_after = self.limiter.take(client)
+        if retry_after is None:
+            return None
+        outcome = Outcome(
+            429, "rate_limited", f"too many requests from {client or 'this client'}; retry in {retry_after} s"
         )
-
-    async def _active_keys(self, fingerprints: Iterable[str]) -> KeyRing:
-        async with self.pool.connection() as conn:
-            return await store.active_keys(conn, fingerprints)
+        status, content, _headers = self._counted(endpoint, outcome)
+        return status, content, [(b"retry-after", str(retry_after).encode("latin-1"))]
 
     def _counted(self, endpoint: str, outcome: Outcome) -> Answer:
         self.counters.count(endpoint, outcome.status, [outcome])
@@ -352,6 +314,7 @@ class Reporter:
             yield
         finally:
             self.verifier.close()
+            await self.ingest.refusals.drain()
             await self.pool.close()
 
     async def _warn_if_role_may_rewrite(self) -> None:
@@ -373,18 +336,28 @@ def _unavailable_answer(path: str, exc: Exception) -> Answer:
     return 503, outcome.as_json(), [(b"retry-after", RETRY_AFTER_SECONDS.encode("latin-1"))]
 
 
+def _method_not_allowed(method: str, path: str) -> Answer:
+    outcome = Outcome(405, "method_not_allowed", f"Method Not Allowed: {method} {path}")
+    return 405, outcome.as_json(), [(b"allow", b"POST")]
+
+
+def _latin1(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+
+
 def _unavailable(request: Request, exc: Exception) -> Response:
     return _json_response(_unavailable_answer(request.url.path, exc))
 
 
 class ReporterApp(Starlette):
-    """Starlette, with the two ingest routes answered before its middleware and routing.
+    """Starlette, with the two ingest paths answered before its middleware and routing.
 
     Single POSTs come by the thousand per second: the Request and Response objects, the
     router and three middleware layers were a large part of what each one cost. The answers
     are the same, headers included (the security headers of web.security.PageProtection,
-    which asks no credentials on these paths); other requests, and other methods on these
-    paths, go through Starlette as before.
+    which asks no credentials on these paths). These paths have no Starlette route: other
+    methods on them are answered 405 here, and a trailing slash is redirected here as
+    Starlette's redirect_slashes would.
     """
 
     reporter: Reporter
@@ -424,22 +397,26 @@ class ReporterApp(Starlette):
         return (scope["method"], scope["path"]) not in allowed
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, access: _Access) -> None:
-        if scope["method"] == "POST":
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
-            if path == INGEST_SINGLE:
-                await self._answer_ingest(self.reporter.ingest_single, path, scope, receive, send, access=access)
-                return
-            if path == INGEST_BATCH:
-                await self._answer_ingest(self.reporter.ingest_batch, path, scope, receive, send, access=access)
-                return
-        await super().__call__(scope, receive, send)
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        handler = {INGEST_SINGLE: self.reporter.ingest_single, INGEST_BATCH: self.reporter.ingest_batch}.get(path)
+        if handler is not None and scope["method"] == "POST":
+            await self._answer_ingest(handler, path, scope, receive, send, access=access)
+        elif handler is not None:
+            access.code = "method_not_allowed"
+            await _send_answer(send, _method_not_allowed(scope["method"], path))
+        elif path.endswith("/") and path.rstrip("/") in (INGEST_SINGLE, INGEST_BATCH):
+            # As Starlette's redirect_slashes answers for a route of its own.
+            without_slash = URL(scope={**scope, "path": scope["path"].rstrip("/")})
+            await RedirectResponse(str(without_slash), headers=_latin1(SECURITY_HEADERS))(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
     async def _answer_ingest(
         self,
-        handler: Callable[[BodyReader], Awaitable[Answer]],
+        handler: Callable[[BodyReader, str], Awaitable[Answer]],
         path: str,
         scope: Scope,
         receive: Receive,
@@ -448,7 +425,8 @@ class ReporterApp(Starlette):
         access: _Access,
     ) -> None:
         try:
-            answer = await handler(_asgi_reader(scope, receive, self.reporter.settings.body_timeout_seconds))
+            reader = _asgi_reader(scope, receive, self.reporter.settings.body_timeout_seconds)
+            answer = await handler(reader, _client(scope))
         except ClientDisconnect:
             access.code = "client_disconnected"
             return
@@ -478,14 +456,19 @@ class _Access:
     code: str | None = None
 
 
+def _client(scope: Scope) -> str:
+    """The peer's address; uvicorn puts X-Forwarded-For's there only for `forwarded_allow_ips`."""
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
 def _log_access(scope: Scope, access: _Access) -> None:
     """One line per request: what was asked, by whom, and the answer; never a body or a query."""
-    client = scope.get("client")
     fields = {
         "method": scope["method"],
         "path": scope["path"],
         "status": access.status,
-        "client": client[0] if client else None,
+        "client": _client(scope) or None,
         "code": access.code,
     }
     access_log.info("request", extra=fields)
@@ -509,8 +492,6 @@ def create_app(settings: Settings, database_url: str, *, start_workers: bool = F
     """The application; `start_workers`: start the verifying worker processes with it (serve does)."""
     reporter = Reporter(settings, database_url, start_workers=start_workers)
     routes = [
-        Route(INGEST_SINGLE, reporter.post_manifest, methods=["POST"]),
-        Route(INGEST_BATCH, reporter.post_batch, methods=["POST"]),
         Route("/api/v1/hosts", reporter.list_hosts, methods=["GET"]),
         Route("/api/v1/hosts/{host:path}", reporter.get_host, methods=["GET"]),
         Route("/api/v1/events", reporter.list_events, methods=["GET"]),

@@ -13,7 +13,10 @@ The order of the checks is the wire contract's (docs/architecture.md):
 8. it did not finish in the future (beyond future_tolerance)                        else 422
 
 Nothing here touches the database: the keys a batch needs are looked up beforehand
-(`KeyRing`), and storing is `store.py`'s job.
+(`KeyRing`), and storing is `store.py`'s job. Enrolment (3 and 6) is decided, and worded, in
+one place, `enrolment`, for the verifier and for store's re-check at INSERT time. The path
+that runs these checks for a request, and what comes before and after, is ingest_spine.py.
+Before 1, a client over its ingest limit is answered 429 (app.py, ratelimit.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
 
-from .outcome import Outcome, key_not_for_host, unknown_key
+from .outcome import Outcome
 
 # PostgreSQL's bigint; larger figures are not stored (and fail validation here).
 BIGINT_MAX = 2**63 - 1
@@ -103,6 +106,21 @@ class VerifiedManifest:
     facts: Facts
     manifest: str
     signature: str
+
+
+# -- enrolment: decided here, for the verifier and for store's re-check at INSERT time ------
+
+
+def enrolment(
+    keys: KeyRing, fingerprint: str, host: str | None, manifest_id: str | None = None
+) -> EnrolledKey | Outcome:
+    """The active enrolled key, or why it may not sign (for `host`; None: the host is not read yet)."""
+    enrolled = keys.get(fingerprint)
+    if enrolled is None:
+        return Outcome(401, "unknown_key", f"the key {fingerprint} is not enrolled (or has been retired)", manifest_id)
+    if host is not None and host not in enrolled.hosts:
+        return Outcome(401, "key_not_for_host", f"the key {fingerprint} is not enrolled for host {host!r}", manifest_id)
+    return enrolled
 
 
 # -- 1. the envelope ----------------------------------------------------------------------
@@ -183,9 +201,9 @@ def signed_by(envelope: Envelope, limits: Limits) -> SignedBy | Outcome:
 
 
 def verify(signed: SignedBy, keys: KeyRing, limits: Limits, now: datetime) -> VerifiedManifest | Outcome:
-    enrolled = keys.get(signed.fingerprint)
-    if enrolled is None:
-        return unknown_key(signed.fingerprint)
+    enrolled = enrolment(keys, signed.fingerprint, None)
+    if isinstance(enrolled, Outcome):
+        return enrolled
     try:
         sshsig.verify_parsed(signed.message, signed.parsed, [enrolled.public_key])
     except sshsig.SignatureError as exc:
@@ -196,8 +214,10 @@ def verify(signed: SignedBy, keys: KeyRing, limits: Limits, now: datetime) -> Ve
         return Outcome(422, "manifest_not_json", f"the manifest is not a strict JSON object: {exc}")
     manifest_id = doc["id"] if isinstance(doc.get("id"), str) else None
     host = doc.get("host")
-    if isinstance(host, str) and host not in enrolled.hosts:
-        return key_not_for_host(signed.fingerprint, host, manifest_id)
+    if isinstance(host, str):
+        for_host = enrolment(keys, signed.fingerprint, host, manifest_id)
+        if isinstance(for_host, Outcome):
+            return for_host
     errors = bk_manifest.validate(doc)
     if errors:
         return Outcome(422, "schema_violation", "the manifest is not valid: " + "; ".join(errors[:5]), manifest_id)

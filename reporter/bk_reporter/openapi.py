@@ -43,7 +43,7 @@ NULLABLE_TIME = _nullable("string", format="date-time")
 
 RESULT = _object(
     {
-        "status": {"type": "integer", "enum": [200, 201, 400, 401, 404, 409, 413, 422, 503]},
+        "status": {"type": "integer", "enum": [200, 201, 400, 401, 404, 409, 413, 422, 429, 503]},
         "code": {"type": "string"},
         "message": {"type": "string"},
         "id": _nullable("string"),
@@ -209,6 +209,11 @@ SCHEMAS = {
 
 ERROR = _ref("Result")
 UNAVAILABLE = _json(ERROR, "The database is unreachable; retry later.")
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+RATE_LIMITED = {
+    **_json(ERROR, "This client address sent more ingest requests than its limit; retry after Retry-After seconds."),
+    "headers": RETRY_AFTER,
+}
 
 
 def _ingest_answers(success: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +224,7 @@ def _ingest_answers(success: dict[str, Any]) -> dict[str, Any]:
         "409": _json(ERROR, "Another manifest with this id, or with this host and seq, is stored."),
         "413": _json(ERROR, "Too large."),
         "422": _json(ERROR, "The manifest violates the schema or the time rules."),
+        "429": RATE_LIMITED,
         "503": UNAVAILABLE,
     }
 
@@ -262,6 +268,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json({"type": "array", "items": _ref("Result")}, "One result per item, in order."),
                     "400": _json(ERROR, "The body is not a JSON list."),
                     "413": _json(ERROR, "The body or the number of items is over the limit."),
+                    "429": RATE_LIMITED,
                     "503": UNAVAILABLE,
                 },
             }

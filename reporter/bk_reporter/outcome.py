@@ -1,4 +1,4 @@
-"""The answer for one manifest, and the one wording of every enrolment refusal."""
+"""The answer for one manifest (or one request)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,3 @@ class Outcome:
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "code": self.code, "message": self.message, "id": self.manifest_id}
-
-
-def unknown_key(fingerprint: str, manifest_id: str | None = None) -> Outcome:
-    return Outcome(401, "unknown_key", f"the key {fingerprint} is not enrolled (or has been retired)", manifest_id)
-
-
-def key_not_for_host(fingerprint: str, host: str, manifest_id: str | None) -> Outcome:
-    return Outcome(401, "key_not_for_host", f"the key {fingerprint} is not enrolled for host {host!r}", manifest_id)

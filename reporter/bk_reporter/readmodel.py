@@ -253,6 +253,17 @@ SELECT eh.host, bk_host_group(eh.host) AS host_group, eh.enrolled_at, eh.active_
 
 # -- one event ------------------------------------------------------------------------------
 
+# Refused signatures and keys (migrations/0013) within a window, per claimed host, code and
+# client, for the notification evaluator's `refused` condition (notify/alerts.refused_alerts).
+# The counts of refusals not recorded (refusals_dropped) name no host and are left out.
+RECENT_REFUSALS = """
+SELECT coalesce(claimed_host, '') AS host, code, coalesce(client, '') AS client, count(*) AS refusals,
+       min(received_at) AS first_at, max(received_at) AS last_at
+  FROM refusals
+ WHERE received_at > %(since)s AND received_at <= %(now)s AND code <> 'refusals_dropped'
+ GROUP BY 1, 2, 3
+"""
+
 EVENT = """
 SELECT e.id, e.host, e.seq, e.prev, e.sha256, e.kind, e.status, e.job, e.started_at, e.finished_at, e.received_at,
        extract(epoch FROM e.finished_at - e.started_at)::double precision AS duration_seconds,

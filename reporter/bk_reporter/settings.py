@@ -55,6 +55,10 @@ class Settings:
     max_batch_bytes: int = 8 * 1024 * 1024
     max_batch_items: int = 5000
     future_tolerance_seconds: int = 300
+    # Per client address (ratelimit.py): requests to the ingest endpoints, whatever a batch holds.
+    # A burst of ingest_burst at once, refilled at ingest_requests_per_minute; beyond it, 429.
+    ingest_requests_per_minute: int = 1200
+    ingest_burst: int = 600
     pool_size: int = 16
     # Slow clients: connections served at once (more get 503), and how long a request's headers
     # and its whole body may take to arrive (then the connection is closed, or 408 for a body).

@@ -6,7 +6,7 @@ statement is its own transaction, and the statement trigger of migrations/0002 u
 derived state inside it. When it returns, what it inserted is committed.
 
 The same statement inserts only rows whose signing key is, at that moment, enrolled and not
-retired for the manifest's host: the verifier may have used a key from a cache (app.KeyCache),
+retired for the manifest's host: the verifier may have used a key from a cache (ingest_spine.KeyCache),
 and a key retired since then must not let anything new in. Whatever was not inserted is then
 classified: a key no longer enrolled for the host (401, as the verifier would have answered),
 else against what is stored, which is committed and never changes: the same bytes (200) or a
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from .ingest import EnrolledKey, VerifiedManifest
-from .outcome import Outcome, key_not_for_host, unknown_key
+from .ingest import EnrolledKey, VerifiedManifest, enrolment
+from .outcome import Outcome
 
 DEADLOCK_RETRIES = 3
 
@@ -144,11 +144,9 @@ async def _rivals(conn: psycopg.AsyncConnection, manifests: Sequence[VerifiedMan
 
 
 def _classify(manifest: VerifiedManifest, rivals: Sequence[StoredRival], keys: dict[str, EnrolledKey]) -> Outcome:
-    enrolled = keys.get(manifest.key_fingerprint)
-    if enrolled is None:
-        return unknown_key(manifest.key_fingerprint, manifest.manifest_id)
-    if manifest.host not in enrolled.hosts:
-        return key_not_for_host(manifest.key_fingerprint, manifest.host, manifest.manifest_id)
+    refused = enrolment(keys, manifest.key_fingerprint, manifest.host, manifest.manifest_id)
+    if isinstance(refused, Outcome):
+        return refused
     same_id = next((r for r in rivals if r.id == manifest.id), None)
     if same_id is not None and same_id.manifest == manifest.manifest:
         return Outcome(200, "duplicate", "this manifest is already stored (identical bytes)", manifest.manifest_id)

@@ -16,6 +16,7 @@ from bk_evidence.spool import Spool
 from support.fake_reporter import FakeReporter
 from support.keys import make_key, public_line
 from support.net import dropping_listener, silent_listener
+from support.tools import LOCAL_PLAYBOOK
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,17 +81,8 @@ class Controller:
         }
         if url:
             env["BK_REPORTER_URL"] = url
-        command = [
-            "ansible-playbook",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            "ansible_python_interpreter=/usr/bin/python3",
-        ]
         return subprocess.run(
-            [*command, str(self.playbook(fail=fail, extra=extra))],
+            [*LOCAL_PLAYBOOK, str(self.playbook(fail=fail, extra=extra))],
             env=env,
             capture_output=True,
             text=True,

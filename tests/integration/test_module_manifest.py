@@ -13,6 +13,7 @@ import yaml
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import read_state
 from support.keys import make_key, public_line
+from support.tools import LOCAL_PLAYBOOK
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,16 +28,9 @@ def run_playbook(tmp_path: Path, tasks: list[dict], *options: str) -> subprocess
         ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
         ANSIBLE_NOCOLOR="1",
     )
-    command = [
-        "ansible-playbook",
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        "ansible_python_interpreter=/usr/bin/python3",
-    ]
-    return subprocess.run([*command, *options, str(playbook)], env=env, capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [*LOCAL_PLAYBOOK, *options, str(playbook)], env=env, capture_output=True, text=True, check=False
+    )
 
 
 def save(name: str, path: Path) -> dict:

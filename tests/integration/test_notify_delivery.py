@@ -405,3 +405,53 @@ def test_a_host_whose_enrolled_key_signs_nothing_for_a_week_fires_silent_key(
     assert ("web1", "silent_key") not in _conditions(reporter_db.app_url)
     evaluate_once(reporter_db.app_url, [], now + timedelta(days=8), policy=NOW_POLICY)
     assert _conditions(reporter_db.app_url)[("web1", "silent_key")] == "fire"
+
+
+def test_refused_manifests_are_told_once_per_claimed_host_through_a_silence_then_recover(
+    reporter, web1: SigningHost, reporter_db: ReporterDatabase, routes: list[Route], received: Received, tmp_path: Path
+):
+    stranger = SigningHost("web1", make_key(tmp_path, "stranger"))
+    db1 = SigningHost("db1", make_key(tmp_path, "db1"))
+    enroll(reporter_db.owner_url, db1)
+    text = SigningHost("web2", db1.key).text()
+    envelopes = [stranger.envelope(), stranger.envelope(), {"manifest": text, "signature": db1.sign(text)}]
+    codes = [httpx.post(f"{reporter.url}/api/v1/manifests", json=e, timeout=30).json()["code"] for e in envelopes]
+    assert codes == ["unknown_key", "unknown_key", "key_not_for_host"]
+    with psycopg.connect(reporter_db.owner_url) as conn:
+        times = dict(
+            conn.execute(
+                "SELECT claimed_host, array[min(received_at), max(received_at)] FROM refusals GROUP BY 1"
+            ).fetchall()
+        )
+        store.add_silence(conn, "web1", "", datetime.now(UTC) + timedelta(days=1), "rebuild")  # not for this
+    webhook = [r for r in routes if r.name == "webhook"]
+    now = datetime.now(UTC)
+    evaluate_once(reporter_db.app_url, webhook, now, policy=NOW_POLICY)
+    told = {body["title"]: body for _path, body in received.posts if "refused" in body["title"]}
+    assert sorted(told) == ["[bk] PROBLEM: web1 refused", "[bk] PROBLEM: web2 refused"]
+    web1_body, web2_body = told["[bk] PROBLEM: web1 refused"], told["[bk] PROBLEM: web2 refused"]
+    first, last = times["web1"]
+    assert web1_body["message"] == (
+        f"web1: 2 manifest(s) refused (unknown_key x2), first {first:%Y-%m-%d %H:%M:%S} UTC,"
+        f" last {last:%Y-%m-%d %H:%M:%S} UTC, from 127.0.0.1"
+    )
+    first, last = times["web2"]
+    assert web2_body["message"] == (
+        f"web2: 1 manifest(s) refused (key_not_for_host x1), first {first:%Y-%m-%d %H:%M:%S} UTC,"
+        f" last {last:%Y-%m-%d %H:%M:%S} UTC, from 127.0.0.1"
+    )
+    for body in (web1_body, web2_body):
+        assert (body["type"], body["version"]) == ("failure", "1.0")
+    with psycopg.connect(reporter_db.app_url) as conn:
+        kinds = conn.execute(
+            "SELECT host, kind, severity FROM alert_current_state WHERE condition = 'refused' ORDER BY host"
+        ).fetchall()
+    assert kinds == [("web1", "fire", "security"), ("web2", "fire", "security")]
+
+    posts = len(received.posts)
+    assert evaluate_once(reporter_db.app_url, webhook, now + timedelta(hours=1), policy=NOW_POLICY).sent == 0
+    assert len(received.posts) == posts  # still within the window: no second message
+    later = now + timedelta(hours=24, minutes=1)  # no refusal for either host in the last 24 h
+    evaluate_once(reporter_db.app_url, webhook, later, policy=NOW_POLICY)
+    resolved = sorted(body["title"] for _path, body in received.posts[posts:] if "refused" in body["title"])
+    assert resolved == ["[bk] RESOLVED: web1 refused", "[bk] RESOLVED: web2 refused"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from bk_reporter.pgcluster import ClusterError, LocalCluster
+from support.database import throwaway_cluster
 
 
 def test_fresh_database_is_empty_and_isolated(pg_url: str) -> None:
@@ -26,9 +26,7 @@ def test_each_test_gets_its_own_database(pg_url: str) -> None:
 
 
 def test_cluster_survives_restart_with_its_data() -> None:
-    cluster = LocalCluster.under(Path(tempfile.mkdtemp(prefix="bk-pg-")), fsync=False)
-    cluster.start()
-    try:
+    with throwaway_cluster(fsync=False) as cluster:
         with psycopg.connect(cluster.url(), autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (v text)")
             conn.execute("INSERT INTO kept VALUES ('still here')")
@@ -37,8 +35,6 @@ def test_cluster_survives_restart_with_its_data() -> None:
         cluster.start()
         with psycopg.connect(cluster.url()) as conn:
             assert conn.execute("SELECT v FROM kept").fetchone() == ("still here",)
-    finally:
-        cluster.destroy()
 
 
 def test_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:

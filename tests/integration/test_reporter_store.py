@@ -56,6 +56,9 @@ FORBIDDEN_TO_THE_APP = [
     "DELETE FROM host_chain",
     "INSERT INTO chain_breaks (host, seq) VALUES ('web1', 1)",
     "UPDATE status_policy SET stale_without_cadence = '1 year'",
+    "UPDATE refusals SET code = 'x'",
+    "DELETE FROM refusals",
+    "TRUNCATE refusals",
 ]
 
 
@@ -323,7 +326,7 @@ def test_a_reader_role_reads_the_views_and_no_table(reporter_db: ReporterDatabas
         with psycopg.connect(reader_url) as conn:
             assert conn.execute("SELECT state FROM fleet_status").fetchall() == [("missing",)]
             assert conn.execute("SELECT count(*) FROM snapshot_lineage").fetchone() == (0,)
-        for table in ("events", "host_keys", "job_status"):
+        for table in ("events", "host_keys", "job_status", "refusals"):
             with psycopg.connect(reader_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT * FROM {table}")
     finally:

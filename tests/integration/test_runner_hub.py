@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from bk_evidence import files, manifest
-from bk_evidence import hub as hub_side
+from bk_run import receipts as hub_receipts
 from support.fake_reporter import FakeReporter
 from support.hubs import HUB_SERVERS, rest_hub, write_htpasswd
 from support.keys import public_line
@@ -353,7 +353,7 @@ def test_garbage_rclone_accepts_is_never_confirmed_by_a_receipt(hub: HubHost, re
     (first,) = by_seq(reporter)
     assert [item["id"] for item in first["receipt"]["snapshots"]] == [real]
     assert "mismatched" not in first["receipt"], "a file this young may still be arriving"
-    old = time.time() - hub_side.MISMATCH_GRACE_SECONDS - 60
+    old = time.time() - hub_receipts.MISMATCH_GRACE_SECONDS - 60
     os.utime(planted, (old, old))
     assert hub.run("receipts").returncode == 0
     second = by_seq(reporter)[-1]

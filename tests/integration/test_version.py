@@ -52,7 +52,7 @@ def bumped(tmp_path: Path) -> Path:
     """The parts of the collection the reporter and bk_evidence are built from, with galaxy.yml alone
     changed to a new version."""
     tree = tmp_path / "collection"
-    for part in ("reporter", "plugins/module_utils"):
+    for part in ("reporter", "plugins/module_utils", "runner/bk_run"):
         shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "pyproject.toml", tree)
     galaxy = (REPO / "galaxy.yml").read_text()
@@ -72,11 +72,13 @@ def test_a_version_written_in_galaxy_yml_alone_is_the_wheels_the_reporters_and_t
     (packages / "bk_reporter").symlink_to(bumped / "reporter" / "bk_reporter")
     assert _python(REPORTS, packages) == f"{BUMPED} {BUMPED}"
 
-    # A host: the runner role packs bk_evidence with the collection's galaxy.yml beside it.
+    # A host: the runner role packs bk_evidence (with the collection's galaxy.yml beside it) and bk_run.
     host = tmp_path / "usr-local-lib-bk"
     shutil.copytree(bumped / "plugins" / "module_utils", host / "bk_evidence")
+    shutil.copytree(bumped / "runner" / "bk_run", host / "bk_run")
     shutil.copy(bumped / "galaxy.yml", host / "bk_evidence")
     assert _python("import bk_evidence.recorder as r; print(r.BK_VERSION)", host) == BUMPED
+    assert _python("from bk_run.cli import main; main(['--version'])", host) == f"bk-run {BUMPED}"
 
     # The wheel the reporter role builds, and the reporter installed from it (no galaxy.yml there).
     wheels = tmp_path / "wheels"

@@ -21,21 +21,13 @@ from bk_reporter.pgcluster import LocalCluster
 from bk_reporter.web.pages import PAGE_SIZE, TIMELINE_PAGE
 from bk_reporter.web.security import CONTENT_SECURITY_POLICY
 from bk_reporter.web.timefmt import age
+from support.browser import CHROMIUM, CHROMIUM_ARGS
 from support.reporters import LiveReporter, serving
 from support.web_fleet import SCENARIOS, StoredFleet, stored_fleet
 
 pytestmark = pytest.mark.slow
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WIDE = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
 VIEWER_ZONE = "Asia/Kolkata"  # +05:30 all year: the pages must show it, not UTC

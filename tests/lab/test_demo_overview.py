@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
+from support.browser import CHROMIUM, CHROMIUM_ARGS
+
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "tests" / "output"
 URL = os.environ.get("BK_REPORTER_URL", "http://127.0.0.1:8080").rstrip("/")
@@ -36,15 +38,6 @@ EXPLICIT = "BK_REPORTER_URL" in os.environ
 EXPECT = [h for h in os.environ.get("BK_EXPECT_HOSTS", "").split(",") if h]
 SHOT = os.environ.get("BK_SCREENSHOT", "demo-overview.png")
 OVERVIEW = os.environ.get("BK_OVERVIEW_PATH", "/")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def get_json(path: str) -> Any:

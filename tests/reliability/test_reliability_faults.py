@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -24,9 +23,17 @@ import pytest
 from bk_evidence import manifest
 from bk_evidence.spool import Spool
 from bk_reporter.pgcluster import LocalCluster
-from support.database import chain_figures, stored_ids
+from support.database import chain_figures, stored_ids, throwaway_cluster
 from support.net import refusing_port
-from support.reporters import ReporterDatabase, ReporterProcess, enroll, migrated, reporter_process, run_audit
+from support.reporters import (
+    ONE_ADDRESS_FLEET,
+    ReporterDatabase,
+    ReporterProcess,
+    enroll,
+    migrated,
+    reporter_process,
+    run_audit,
+)
 from support.signing_hosts import MemoryHost, Sender
 
 
@@ -117,7 +124,7 @@ def wait_until(condition: Callable[[], bool], seconds: float = 120) -> None:
 
 def test_reporter_killed_during_a_batch_load_loses_nothing(reporter_db: ReporterDatabase, tmp_path: Path) -> None:
     senders = senders_for(reporter_db, tmp_path, 6)
-    with reporter_process(reporter_db, tmp_path) as reporter:
+    with reporter_process(reporter_db, tmp_path, **ONE_ADDRESS_FLEET) as reporter:
         with Load(senders, reporter.url, 40, 10) as load:
             wait_until(lambda: events_count(reporter_db) >= 400)
             reporter.kill()
@@ -137,12 +144,8 @@ def test_reporter_killed_during_a_batch_load_loses_nothing(reporter_db: Reporter
 @pytest.fixture
 def private_cluster() -> Iterator[LocalCluster]:
     """A cluster of this test's own (fsync on): stopping it disturbs no other test."""
-    cluster = LocalCluster.under(Path(tempfile.mkdtemp(prefix="bk-pgr-")), fsync=True)
-    cluster.start()
-    try:
+    with throwaway_cluster(fsync=True) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.mark.parametrize("mode", ["immediate", "fast"])
@@ -153,7 +156,7 @@ def test_postgresql_restarted_during_a_load_loses_nothing(
         conn.execute("CREATE DATABASE bk")
     database = migrated(private_cluster.url("bk"))
     senders = senders_for(database, tmp_path, 4)
-    with reporter_process(database, tmp_path) as reporter:
+    with reporter_process(database, tmp_path, **ONE_ADDRESS_FLEET) as reporter:
         with Load(senders, reporter.url, 40, 8) as load:
             wait_until(lambda: events_count(database) >= 200)
             private_cluster.stop(mode)

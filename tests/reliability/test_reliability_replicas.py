@@ -32,7 +32,7 @@ import psycopg
 from bk_reporter import hosts
 from support.database import chain_figures, stored_ids
 from support.net import free_port
-from support.reporters import ReporterDatabase, ReporterProcess
+from support.reporters import ONE_ADDRESS_FLEET, ReporterDatabase, ReporterProcess
 from support.signing_hosts import MemoryHost, Sender
 from support.tools import BK_REPORTER, HAPROXY, tool
 
@@ -115,7 +115,8 @@ def replicas_behind_balancer(
         for index in range(1, count + 1):
             root = directory / f"replica{index}"
             root.mkdir(parents=True, exist_ok=True)
-            replica = ReporterProcess(database, root / "data", root / "reporter.log", log_level="warning")
+            log = root / "reporter.log"
+            replica = ReporterProcess(database, root / "data", log, log_level="warning", **ONE_ADDRESS_FLEET)
             replica.start()
             stack.callback(replica.stop)
             replicas.append(replica)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def free_port() -> int:
@@ -31,19 +31,18 @@ def refusing_port() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def silent_listener() -> Iterator[str]:
-    """A loopback URL whose server accepts connections and never answers."""
+def _accepting_listener(on_accept: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback URL whose server hands each accepted connection to `on_accept`, on a thread."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
-    accepted: list[socket.socket] = []
     stop = threading.Event()
 
     def accept_forever() -> None:
         server.settimeout(0.1)
         while not stop.is_set():
             with contextlib.suppress(OSError):
-                accepted.append(server.accept()[0])
+                on_accept(server.accept()[0])
 
     thread = threading.Thread(target=accept_forever, daemon=True)
     thread.start()
@@ -52,9 +51,19 @@ def silent_listener() -> Iterator[str]:
     finally:
         stop.set()
         thread.join()
+        server.close()
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """A loopback URL whose server accepts connections and never answers."""
+    accepted: list[socket.socket] = []
+    try:
+        with _accepting_listener(accepted.append) as url:
+            yield url
+    finally:
         for conn in accepted:
             conn.close()
-        server.close()
 
 
 @contextlib.contextmanager
@@ -82,22 +91,5 @@ def dropping_listener() -> Iterator[str]:
 @contextlib.contextmanager
 def hanging_up_listener() -> Iterator[str]:
     """A loopback URL whose server accepts each connection and closes it at once."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    stop = threading.Event()
-
-    def hang_up() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                server.accept()[0].close()
-
-    thread = threading.Thread(target=hang_up, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
+    with _accepting_listener(lambda conn: conn.close()) as url:
+        yield url

@@ -27,6 +27,11 @@ from support.net import bound_socket, free_port
 from support.signing_hosts import SigningHost
 from support.tools import BK_REPORTER
 
+# Settings for a fleet simulated on loopback: every host is 127.0.0.1, one client to the
+# per-client ingest limits (bk_reporter.ratelimit), which such a load would otherwise measure.
+ONE_ADDRESS_LIMITS = {"ingest_requests_per_minute": 100_000_000, "ingest_burst": 100_000_000}
+ONE_ADDRESS_FLEET = {key: str(value) for key, value in ONE_ADDRESS_LIMITS.items()}  # as environment variables
+
 
 def enroll(owner_url: str, host: SigningHost) -> None:
     with psycopg.connect(owner_url, autocommit=True) as conn:

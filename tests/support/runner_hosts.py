@@ -89,7 +89,7 @@ class RunnerHost:
         (self.config / "jobs" / f"{name}.json").write_text(json.dumps(job))
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "bk_evidence.runner", "--config", str(self.config), *args]
+        return [sys.executable, "-m", "bk_run", "--config", str(self.config), *args]
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """bk-run with these arguments, in this process's environment plus ``env``."""

@@ -26,3 +26,15 @@ def tool(path: Path) -> str:
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"{path} is missing: run scripts/bootstrap.sh (it runs scripts/debian-tools.sh)")
     return str(path)
+
+
+# ansible-playbook against this machine itself, with the interpreter the tasks' modules run on.
+LOCAL_PLAYBOOK = [
+    "ansible-playbook",
+    "-i",
+    "localhost,",
+    "-c",
+    "local",
+    "-e",
+    "ansible_python_interpreter=/usr/bin/python3",
+]

@@ -6,8 +6,8 @@ signs a receipt for every snapshot that arrives, copies each repository offsite 
 forgets and prunes weekly; an Ansible controller recording its weekly site.yml runs; and two
 enrolled hosts that never reported. Every manifest is chained (seq, prev) and signed by its
 machine's own OpenSSH key (made by ssh-keygen, signed with bk_evidence.sshsig), then delivered
-in batches through `bk_reporter.receive.receive`, the code behind POST /api/v1/manifests/batch:
-verification, validation, storage and derived state are the reporter's own.
+in batches through `bk_reporter.ingest_spine.Ingest` (on one connection), the code behind POST
+/api/v1/manifests/batch: verification, validation, storage and derived state are the reporter's own.
 
 Every state is present on a known host (`SCENARIOS`), and `FleetFacts` says what the pages
 must therefore show.
@@ -31,8 +31,8 @@ from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
 from bk_reporter import hosts
 from bk_reporter.ingest import Limits
+from bk_reporter.ingest_spine import Ingest
 from bk_reporter.pgcluster import LocalCluster
-from bk_reporter.receive import receive
 from support.keys import make_key, public_line
 from support.reporters import ReporterDatabase, migrated
 
@@ -480,8 +480,9 @@ def _batches(items: list[dict[str, str]]) -> Iterator[list[dict[str, str]]]:
 async def _deliver(app_url: str, envelopes: list[dict[str, str]]) -> int:
     stored = 0
     async with await psycopg.AsyncConnection.connect(app_url, autocommit=True) as conn:
+        ingest = Ingest.on_connection(conn, LIMITS)
         for batch in _batches(envelopes):
-            outcomes = await receive(conn, batch, LIMITS)
+            outcomes = await ingest.receive(batch)
             refused = [o for o in outcomes if o.status != 201]
             if refused:
                 raise RuntimeError(f"the reporter refused fixture manifests: {refused[:3]}")

@@ -12,6 +12,7 @@ from bk_reporter.notify.alerts import (
     hub_of,
     hub_space_alert,
     offsite_late_alert,
+    refused_alerts,
     scrub,
     silent_key_alert,
 )
@@ -198,3 +199,29 @@ def test_a_snapshot_not_offsite_within_its_destinations_cadence_is_offsite_late(
     assert offsite_late_alert(within, T0, thresholds) is None
     no_cadence = {**row, "cadence_seconds": None, "oldest_arrived_at": T0 - timedelta(hours=47)}
     assert offsite_late_alert(no_cadence, T0, thresholds) is None
+
+
+def refusal_row(host: str, code: str, client: str, count: int, first: datetime, last: datetime) -> dict:
+    return {"host": host, "code": code, "client": client, "refusals": count, "first_at": first, "last_at": last}
+
+
+def test_refusals_are_one_security_alert_per_claimed_host_through_a_silence_then_recover():
+    rows = [
+        refusal_row("web1", "unknown_key", "198.51.100.7", 3, T0, T0 + timedelta(minutes=2)),
+        refusal_row("web1", "bad_signature", "198.51.100.8", 1, T0 - timedelta(minutes=1), T0),
+        refusal_row("web2", "key_not_for_host", "", 1, T0, T0),
+    ]
+    rows += [refusal_row("db1", "unknown_key", f"203.0.113.{n}", 1, T0, T0) for n in range(1, 8)]
+    db1, web1, web2 = refused_alerts(rows)  # in host order
+    assert (web1.key, web1.severity, web1.since) == (("web1", "", "refused"), "security", T0 - timedelta(minutes=1))
+    assert web1.summary == (
+        "web1: 4 manifest(s) refused (unknown_key x3, bad_signature x1), first 2026-12-01 11:59:00 UTC,"
+        " last 2026-12-01 12:02:00 UTC, from 198.51.100.7, 198.51.100.8"
+    )
+    assert web2.summary.endswith("from unknown address")
+    assert db1.summary.endswith("from 203.0.113.1, 203.0.113.2, 203.0.113.3, 203.0.113.4, 203.0.113.5 and 2 more")
+    clock = Clock()
+    silence = (Silence("web1", "", T0 + timedelta(days=3)),)
+    assert clock.step([web1], silence, advance=timedelta(minutes=10)) == ["fire"]
+    assert clock.step([web1], silence) == []
+    assert clock.step([], silence) == ["recover"]  # no refusal left in the window

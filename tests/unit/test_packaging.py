@@ -32,3 +32,14 @@ def test_the_reporter_imports_without_the_test_only_packages() -> None:
     code = f"import sys; {blocked}; import bk_reporter.cli, bk_reporter.app, bk_reporter.notify.evaluator"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_reporter_and_the_shared_code_import_without_the_runner() -> None:
+    """bk_run is the hosts' alone: the reporter and every bk_evidence module work without it."""
+    shared = sorted(path.stem for path in (REPO / "plugins" / "module_utils").glob("*.py") if path.stem != "__init__")
+    imports = ", ".join(f"bk_evidence.{name}" for name in shared)
+    code = f"import sys; sys.modules['bk_run'] = None; import bk_reporter.cli, bk_reporter.app, {imports}"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not [path for path in setuptools["package-dir"].values() if path.startswith("runner")]

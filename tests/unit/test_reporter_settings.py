@@ -37,6 +37,8 @@ def test_without_a_database_url_the_reporter_is_embedded() -> None:
     [
         ({"BK_REPORTER_POOL_SIZE": "many"}, "pool_size must be an integer"),
         ({"BK_REPORTER_MAX_BATCH_BYTES": "0"}, "max_batch_bytes must be positive"),
+        ({"BK_REPORTER_INGEST_BURST": "0"}, "ingest_burst must be positive"),
+        ({"BK_REPORTER_INGEST_REQUESTS_PER_MINUTE": "ten"}, "ingest_requests_per_minute must be an integer"),
         ({"BK_REPORTER_LISTEN": "8080"}, "listen must be HOST:PORT"),
         ({"BK_REPORTER_LISTEN": "[::1]:99999"}, "listen must be HOST:PORT"),
         ({"BK_REPORTER_TLS_CERT": "/etc/cert.pem"}, "tls_cert and tls_key must be given together"),

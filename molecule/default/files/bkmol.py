@@ -208,7 +208,7 @@ def bk_units(host: str) -> Json:
     timer_names = [n for n in names if n.endswith(".timer")]
     for name, props in (show_many(host, service_names, ["ExecStart"]) if service_names else {}).items():
         argv = exec_argv(props.get("ExecStart", ""))
-        if any(Path(a).name in {"bk-run", "bk-reporter"} or "bk_evidence" in a for a in argv[:3]):
+        if any(Path(a).name in {"bk-run", "bk-reporter"} or "bk_run" in a for a in argv[:3]):
             services[name] = argv
     for name, props in (show_many(host, timer_names, ["Triggers"]) if timer_names else {}).items():
         for service in props.get("Triggers", "").split():

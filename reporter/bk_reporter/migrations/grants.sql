@@ -14,3 +14,5 @@ REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC, {app};
 REVOKE CREATE ON SCHEMA public FROM PUBLIC, {app};
 -- Notifications (0030): the evaluator appends transitions and delivery attempts, the CLI silences.
 GRANT INSERT ON alert_transitions, notification_attempts, alert_silences TO {app};
+-- Refusals (0013): ingest appends them; they are never rewritten (like events).
+GRANT INSERT ON refusals TO {app};

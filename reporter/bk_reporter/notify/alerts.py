@@ -231,6 +231,7 @@ class Thresholds:
     offsite_cadence_factor: float = 2.0  # a copy is late after this many of its destination's cadences
     offsite_without_cadence: timedelta = timedelta(hours=48)
     hub_min_free_fraction: float = 0.10
+    refused_window: timedelta = timedelta(hours=24)  # a `refused` alert clears this long after the last refusal
 
 
 # A host with active keys whose latest signed manifest is old: a dormant enrollment (a host gone
@@ -302,3 +303,39 @@ def offsite_late_alert(row: Mapping[str, Any], now: datetime, thresholds: Thresh
         f" {allowed.total_seconds() / 3600:g} h (oldest arrived {oldest:%Y-%m-%d %H:%M} UTC)",
         oldest + allowed,
     )
+
+
+def refused_alerts(rows: Iterable[Mapping[str, Any]]) -> list[Alert]:
+    """One `refused` alert per claimed host from readmodel.RECENT_REFUSALS rows (host, code, client).
+
+    A security event: never held by a group, never silenced (lifecycle._silenced). The host is
+    what the refused manifest claimed, unverified by definition: it is named, never trusted.
+    """
+    by_host: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_host.setdefault(row["host"], []).append(row)
+    alerts = []
+    for host, group in sorted(by_host.items()):
+        total = sum(row["refusals"] for row in group)
+        codes: dict[str, int] = {}
+        clients: dict[str, int] = {}
+        for row in group:
+            codes[row["code"]] = codes.get(row["code"], 0) + row["refusals"]
+            clients[row["client"] or "unknown address"] = clients.get(row["client"] or "unknown address", 0) + 1
+        first, last = min(row["first_at"] for row in group), max(row["last_at"] for row in group)
+        named = ", ".join(f"{code} x{count}" for code, count in sorted(codes.items(), key=lambda c: (-c[1], c[0])))
+        shown = sorted(clients)[:5]
+        more = f" and {len(clients) - len(shown)} more" if len(clients) > len(shown) else ""
+        label = scrub(host, 100) or "(no readable host)"
+        alerts.append(
+            Alert(
+                host,
+                "",
+                "refused",
+                "security",
+                f"{label}: {total} manifest(s) refused ({named}), first {first:%Y-%m-%d %H:%M:%S} UTC,"
+                f" last {last:%Y-%m-%d %H:%M:%S} UTC, from {', '.join(shown)}{more}",
+                first,
+            )
+        )
+    return alerts

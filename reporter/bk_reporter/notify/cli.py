@@ -64,6 +64,12 @@ TUNABLES: dict[str, tuple[str, float, str, str]] = {
         "PERCENT",
         "alert when a hub's free space is below this",
     ),
+    "refused_window_hours": (
+        "--refused-window-hours",
+        Thresholds().refused_window / timedelta(hours=1),
+        "HOURS",
+        "a refused-manifests alert (security) clears this long after the host's last refusal",
+    ),
 }
 
 
@@ -134,6 +140,7 @@ def _notify(settings: Settings, args: argparse.Namespace) -> int:
         offsite_cadence_factor=tunables["offsite_cadence_factor"],
         offsite_without_cadence=timedelta(hours=tunables["offsite_without_cadence_hours"]),
         hub_min_free_fraction=tunables["hub_min_free_percent"] / 100,
+        refused_window=timedelta(hours=tunables["refused_window_hours"]),
     )
     log.info("notify: %s", ", ".join(f"{key}={value:g}" for key, value in sorted(tunables.items())))
     with db.database(settings) as targets:

@@ -29,10 +29,12 @@ from bk_reporter.notify.alerts import (
     group_by_hub,
     hub_space_alert,
     offsite_late_alert,
+    refused_alerts,
     silent_key_alert,
 )
 from bk_reporter.notify.channels import Route, mask_url, send
 from bk_reporter.notify.lifecycle import Policy, decide, should_tell
+from bk_reporter.readmodel import RECENT_REFUSALS
 from bk_reporter.web.routes import NO_JIT
 
 log = logging.getLogger("bk_reporter.notify")
@@ -65,6 +67,7 @@ def _bad(conn: psycopg.Connection, now: datetime, thresholds: Thresholds) -> lis
         more = [hub_space_alert(row, thresholds.hub_min_free_fraction) for row in cur.execute(HUB_SPACE_SQL)]
         more += [silent_key_alert(row, now, thresholds) for row in cur.execute(SILENT_KEYS_SQL)]
         more += [offsite_late_alert(row, now, thresholds) for row in cur.execute(OFFSITE_SQL)]
+        more += refused_alerts(cur.execute(RECENT_REFUSALS, {"since": now - thresholds.refused_window, "now": now}))
     bad.extend(alert for alert in more if alert is not None)
     return bad
 

@@ -2,10 +2,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pack files into a reproducible tar on the controller, named by a hash of their contents.
 
-Usage: pack.py OUTPUT_DIR PREFIX FILE... (or a directory: its files, not recursive).
-Prints {"hash": ..., "tar": ..., "files": [basenames]}. The same inputs give the
-same bytes (sorted names, mtime 0, root-owned, mode 0644), so a host holding the
-hash already holds these files. An existing tar is reused.
+Usage: pack.py OUTPUT_DIR PREFIX [--into SUBDIR] FILE... (or a directory: its files,
+not recursive). Files after ``--into SUBDIR`` are stored as SUBDIR/NAME, the others
+as NAME, so one tar can hold several packages. Prints {"hash": ..., "tar": ...,
+"files": [stored names]}. The same inputs give the same bytes (sorted names, mtime 0,
+root-owned, mode 0644), so a host holding the hash already holds these files. An
+existing tar is reused.
 """
 
 from __future__ import annotations
@@ -20,27 +22,21 @@ import tarfile
 
 def main() -> int:
     out_dir, prefix, *inputs = sys.argv[1:]
-    files: list[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            files += [os.path.join(item, name) for name in os.listdir(item) if os.path.isfile(os.path.join(item, name))]
-        else:
-            files.append(item)
-    files.sort(key=os.path.basename)
+    members = sorted(_members(inputs))
     digest = hashlib.sha256()
-    for path in files:
+    for stored, path in members:
         with open(path, "rb") as handle:
-            digest.update(os.path.basename(path).encode() + b"\0" + handle.read() + b"\0")
+            digest.update(stored.encode() + b"\0" + handle.read() + b"\0")
     name = digest.hexdigest()[:16]
     os.makedirs(out_dir, exist_ok=True)
     tar_path = os.path.join(out_dir, f"{prefix}-{name}.tar")
     if not os.path.exists(tar_path):
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
-            for path in files:
+            for stored, path in members:
                 with open(path, "rb") as handle:
                     data = handle.read()
-                info = tarfile.TarInfo(os.path.basename(path))
+                info = tarfile.TarInfo(stored)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 info.uid = info.gid = 0
                 info.uname = info.gname = "root"
@@ -49,8 +45,22 @@ def main() -> int:
         with open(tmp, "wb") as handle:
             handle.write(buffer.getvalue())
         os.replace(tmp, tar_path)
-    json.dump({"hash": name, "tar": tar_path, "files": [os.path.basename(path) for path in files]}, sys.stdout)
+    json.dump({"hash": name, "tar": tar_path, "files": [stored for stored, _path in members]}, sys.stdout)
     return 0
+
+
+def _members(inputs: list[str]) -> list[tuple[str, str]]:
+    """(stored name, path) of every file to pack."""
+    members: list[tuple[str, str]] = []
+    into = ""
+    items = iter(inputs)
+    for item in items:
+        if item == "--into":
+            into = next(items) + "/"
+            continue
+        paths = [os.path.join(item, name) for name in os.listdir(item)] if os.path.isdir(item) else [item]
+        members += [(into + os.path.basename(path), path) for path in paths if os.path.isfile(path)]
+    return members
 
 
 if __name__ == "__main__":

@@ -7,15 +7,22 @@ Standard library only. The exit status is the work's, never the delivery's."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from .config import ConfigError, Hub, Job, Maintenance, Offsite, Settings
-from .files import LockTimeout
-from .hub import maintain, offsite_copy, receipts
+from bk_evidence.files import LockTimeout
+from bk_evidence.recorder import BK_VERSION, Recorder
+from bk_evidence.settings import ConfigError, Settings
+
+from .config import Hub, Job, Maintenance, Offsite
 from .jobs import backup, check
-from .recorder import BK_VERSION, Recorder
+from .maintenance import maintain
+from .offsite import offsite_copy
+from .receipts import receipts
 
 DEFAULT_CONFIG_DIR = "/etc/bk"
 USAGE_ERROR = 2
@@ -50,6 +57,31 @@ def _maintain(settings: Settings, recorder: Recorder, args: argparse.Namespace) 
 
 def _offsite(settings: Settings, recorder: Recorder, args: argparse.Namespace) -> int:
     return offsite_copy(settings, Offsite(settings.config_dir, settings.state_dir, args.destination), recorder)
+
+
+def validate(kind: str, path: str) -> Optional[str]:
+    """What is wrong with a configuration file before it is installed, or None.
+
+    Stricter than a run: what a run would only warn about (an unknown key, such as a
+    misspelt keep_daily) is refused here, so that it never reaches the host."""
+    warnings = io.StringIO()
+    problems = []
+    try:
+        with contextlib.redirect_stderr(warnings):
+            if kind == "maintenance":
+                Maintenance(os.path.dirname(path), "/var/lib/bk", path=path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    problems[:0] = [line[len("bk: ") :] for line in warnings.getvalue().splitlines() if line.startswith("bk: ")]
+    return "; ".join(problems) or None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    problem = validate(args.kind, args.file)
+    if problem:
+        sys.stderr.write("bk: %s\n" % problem)
+        return USAGE_ERROR
+    return 0
 
 
 def _flush(settings: Settings, recorder: Recorder, _args: argparse.Namespace) -> int:
@@ -149,11 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     offsite = commands.add_parser("offsite", help="hub: copy repositories to an offsite destination")
     offsite.add_argument("destination")
     offsite.set_defaults(handler=_offsite, deliver=True)
+    checked = commands.add_parser("validate", help="check a configuration file before it is installed")
+    checked.add_argument("kind", choices=["maintenance"])
+    checked.add_argument("file")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "validate":  # needs no bk.json: it checks a file the role is about to write
+        return _validate(args)
     early = None
     try:
         settings = Settings(args.config)
@@ -176,7 +213,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         if report is not None and report.remaining:
             sys.stderr.write("bk: %s\n" % _describe_delivery(report.as_dict()))
     return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import tempfile
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from .restic_output import tool_version
+from bk_evidence.restic_output import tool_version
 
 Command = Union[str, List[str]]
 HOOK_TIMEOUT_SECONDS = 3600
@@ -102,7 +101,3 @@ def version_of(binary: str) -> Optional[str]:
     """The version a tool reports (``restic version``, ``rclone version``), None if it cannot run."""
     completed = run([binary, "version"], timeout=30)
     return tool_version(completed.stdout) if completed.exit_code == 0 else None
-
-
-def python_version() -> str:
-    return platform.python_version()

@@ -1,17 +1,18 @@
 # Copyright: bk developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The runner's configuration files under ``/etc/bk`` (format: docs/runner.md)."""
+"""The runner's own configuration files under ``/etc/bk``: jobs, hub, maintenance, offsite
+(format: docs/runner.md; ``bk.json`` is bk_evidence.settings, shared with the module)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-Command = Union[str, List[str]]
+from bk_evidence.settings import NAME, ConfigError, Fields, read_config_file
+
+from .process import Command
+
 POLICY_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 # What every maintained repository keeps whatever its client's policy says (docs/security.md): a
 # maintenance.json without retention_floor still gets it, so lowering it takes an explicit floor.
@@ -19,102 +20,20 @@ DEFAULT_RETENTION_FLOOR: Dict[str, Any] = {"keep_within": "7d", "keep_last": 3}
 DEFAULT_LOCK_TIMEOUT_SECONDS = 6 * 3600
 
 
-class ConfigError(Exception):
-    """A configuration file that is missing, not JSON, or wrong."""
-
-
-class _Fields:
-    """Typed access to one JSON object of a configuration file, with the file in every error."""
-
-    def __init__(self, raw: Any, where: str, known: Sequence[str]) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError("%s: must be a JSON object" % where)
-        self.raw = raw
-        self.where = where
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            sys.stderr.write("bk: %s: ignoring unknown keys: %s\n" % (where, ", ".join(unknown)))
-
-    def get(self, key: str, kind: Any, default: Any = None, required: bool = False) -> Any:
-        value = self.raw.get(key)
-        if value is None:
-            if required:
-                raise ConfigError("%s: %r is required" % (self.where, key))
-            return default
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
-            raise ConfigError("%s: %r has the wrong type" % (self.where, key))
-        return value
-
-    def name(self, key: str) -> str:
-        value = self.get(key, str, required=True)
-        if not NAME.match(value):
-            raise ConfigError("%s: %r must match %s" % (self.where, key, NAME.pattern))
-        return value
-
-    def strings(self, key: str) -> List[str]:
-        value = self.get(key, list, default=[])
-        if not all(isinstance(item, str) for item in value):
-            raise ConfigError("%s: %r must be a list of strings" % (self.where, key))
-        return list(value)
-
-    def commands(self, key: str) -> List[Command]:
-        value = self.get(key, list, default=[])
-        for command in value:
-            is_argv = isinstance(command, list) and command and all(isinstance(arg, str) for arg in command)
-            if not (isinstance(command, str) and command.strip()) and not is_argv:
-                raise ConfigError("%s: %r must hold strings or non-empty lists of strings" % (self.where, key))
-        return list(value)
-
-
-def read_config_file(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except OSError as exc:
-        raise ConfigError("cannot read %s: %s" % (path, exc.strerror)) from None
-    except ValueError as exc:
-        raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
-
-
-class Settings:
-    """``bk.json``: who this machine is, where its state lives, where manifests go."""
-
-    KEYS = (
-        "host",
-        "host_key",
-        "state_dir",
-        "spool_dir",
-        "reporter_url",
-        "reporter_ca_file",
-        "delivery_deadline_seconds",
-        "flush_deadline_seconds",
-        "restic",
-        "rclone",
-        "cache_dir",
-    )
-
-    def __init__(self, config_dir: str, values: Optional[Dict[str, Any]] = None) -> None:
-        """Read ``<config_dir>/bk.json``, or take ``values`` (same keys) instead of the file."""
-        self.config_dir = config_dir
-        path = os.path.join(config_dir, "bk.json")
-        fields = _Fields(read_config_file(path) if values is None else values, path, self.KEYS)
-        self.host: str = fields.get("host", str, required=True)
-        self.host_key: Optional[str] = fields.get("host_key", str)
-        self.state_dir: str = fields.get("state_dir", str, "/var/lib/bk")
-        self.spool_dir: str = fields.get("spool_dir", str, "/var/spool/bk")
-        self.reporter_url: Optional[str] = fields.get("reporter_url", str)
-        self.reporter_ca_file: Optional[str] = fields.get("reporter_ca_file", str)
-        self.delivery_deadline_seconds: float = fields.get("delivery_deadline_seconds", (int, float), 1.5)
-        self.flush_deadline_seconds: float = fields.get("flush_deadline_seconds", (int, float), 10.0)
-        self.restic: str = fields.get("restic", str, "restic")
-        self.rclone: str = fields.get("rclone", str, "rclone")
-        self.cache_dir: Optional[str] = fields.get("cache_dir", str)
+def commands(fields: Fields, key: str) -> List[Command]:
+    """Hook commands: strings (run by /bin/sh) or non-empty argv lists."""
+    value = fields.get(key, list, default=[])
+    for command in value:
+        is_argv = isinstance(command, list) and command and all(isinstance(arg, str) for arg in command)
+        if not (isinstance(command, str) and command.strip()) and not is_argv:
+            raise ConfigError("%s: %r must hold strings or non-empty lists of strings" % (fields.where, key))
+    return list(value)
 
 
 class Repository:
     """A restic repository: a label and the files holding its location and password."""
 
-    def __init__(self, fields: _Fields) -> None:
+    def __init__(self, fields: Fields) -> None:
         self.name = fields.name("name")
         self.repository_file: str = fields.get("repository_file", str, required=True)
         self.password_file: str = fields.get("password_file", str, required=True)
@@ -145,7 +64,7 @@ DUMP_TYPES: Dict[str, Tuple[List[str], Optional[str], str]] = {
 class Dump:
     """A database dump streamed into ``restic backup --stdin``."""
 
-    def __init__(self, fields: _Fields) -> None:
+    def __init__(self, fields: Fields) -> None:
         self.type: str = fields.get("type", str, required=True)
         if self.type not in DUMP_TYPES:
             raise ConfigError("%s: dump type must be one of %s" % (fields.where, ", ".join(DUMP_TYPES)))
@@ -191,7 +110,7 @@ class Job:
         if not NAME.match(name):
             raise ConfigError("job name %r must match %s" % (name, NAME.pattern))
         path = os.path.join(config_dir, "jobs", name + ".json")
-        fields = _Fields(read_config_file(path), path, self.KEYS)
+        fields = Fields(read_config_file(path), path, self.KEYS)
         self.name = fields.name("name")
         if self.name != name:
             raise ConfigError("%s: name %r does not match the file name" % (path, self.name))
@@ -203,11 +122,11 @@ class Job:
         self.exclude_caches: bool = fields.get("exclude_caches", bool, False)
         self.tags = fields.strings("tags")
         self.cadence_seconds: int = fields.get("cadence_seconds", int, required=True)
-        self.pre = fields.commands("pre")
-        self.post = fields.commands("post")
+        self.pre = commands(fields, "pre")
+        self.post = commands(fields, "post")
         dump = fields.get("dump", dict)
         self.dump = (
-            Dump(_Fields(dump, path + ": dump", ["type", "database", "user", "command", "filename"])) if dump else None
+            Dump(Fields(dump, path + ": dump", ["type", "database", "user", "command", "filename"])) if dump else None
         )
         self.compression: Optional[str] = fields.get("compression", str)
         self.limit_upload: Optional[int] = fields.get("limit_upload", int)
@@ -215,7 +134,7 @@ class Job:
         self.skip_if_unchanged: bool = fields.get("skip_if_unchanged", bool, False)
         repositories = fields.get("repositories", list, required=True)
         self.repositories = [_repository(item, path) for item in repositories]
-        check = _Fields(fields.get("check", dict, {}), path + ": check", ["read_data_subset"])
+        check = Fields(fields.get("check", dict, {}), path + ": check", ["read_data_subset"])
         self.read_data_subset: Optional[str] = check.get("read_data_subset", str)
         self._check_consistency(path)
 
@@ -238,10 +157,10 @@ class Job:
 
 
 def _repository(raw: Any, where: str) -> Repository:
-    return Repository(_Fields(raw, where + ": repository", ["name", "repository_file", "password_file"]))
+    return Repository(Fields(raw, where + ": repository", ["name", "repository_file", "password_file"]))
 
 
-def _optional_names(fields: _Fields, key: str) -> Optional[List[str]]:
+def _optional_names(fields: Fields, key: str) -> Optional[List[str]]:
     """A list of repository names, or None (meaning: all of them) when absent or null."""
     return fields.strings(key) if fields.raw.get(key) is not None else None
 
@@ -251,7 +170,7 @@ class Hub:
 
     def __init__(self, config_dir: str) -> None:
         path = os.path.join(config_dir, "hub.json")
-        fields = _Fields(read_config_file(path), path, ["data_dir", "repositories"])
+        fields = Fields(read_config_file(path), path, ["data_dir", "repositories"])
         self.data_dir: str = fields.get("data_dir", str, required=True)
         self.repositories: Optional[List[str]] = _optional_names(fields, "repositories")
 
@@ -261,9 +180,9 @@ class MaintainedRepository(Repository):
 
     KEYS = ("name", "repository_file", "password_file", "policy", "group_by", "prune", "max_unused", "cadence_seconds")
 
-    def __init__(self, fields: _Fields) -> None:
+    def __init__(self, fields: Fields) -> None:
         super().__init__(fields)
-        policy = _Fields(
+        policy = Fields(
             fields.get("policy", dict, required=True),
             fields.where + ": policy",
             [*POLICY_COUNTS, "keep_within", "keep_tags"],
@@ -287,7 +206,7 @@ def duration_hours(duration: str) -> int:
     return sum(int(amount) * DURATION_HOURS[unit] for amount, unit in re.findall(r"([0-9]+)([ymdh])", duration))
 
 
-def _policy(fields: _Fields, may_keep_nothing: bool = False) -> Dict[str, Any]:
+def _policy(fields: Fields, may_keep_nothing: bool = False) -> Dict[str, Any]:
     policy: Dict[str, Any] = {}
     for key in POLICY_COUNTS:
         value = fields.get(key, int)
@@ -314,17 +233,22 @@ def _policy(fields: _Fields, may_keep_nothing: bool = False) -> Dict[str, Any]:
     return policy
 
 
+def _name_of(item: Any) -> str:
+    """A repository's name for an error message, before the name itself is checked."""
+    return str(item.get("name", "?")) if isinstance(item, dict) else "?"
+
+
 class Maintenance:
     """``maintenance.json``: retention for the repositories this identity maintains."""
 
-    def __init__(self, config_dir: str, state_dir: str) -> None:
-        path = os.path.join(config_dir, "maintenance.json")
-        fields = _Fields(
+    def __init__(self, config_dir: str, state_dir: str, path: Optional[str] = None) -> None:
+        path = path or os.path.join(config_dir, "maintenance.json")
+        fields = Fields(
             read_config_file(path), path, ["lock_dir", "lock_timeout_seconds", "repositories", "retention_floor"]
         )
         floor = fields.get("retention_floor", dict, DEFAULT_RETENTION_FLOOR)
         self.retention_floor = _policy(
-            _Fields(floor, path + ": retention_floor", [*POLICY_COUNTS, "keep_within", "keep_tags"]),
+            Fields(floor, path + ": retention_floor", [*POLICY_COUNTS, "keep_within", "keep_tags"]),
             may_keep_nothing=True,
         )
         self.lock_dir: str = fields.get("lock_dir", str, os.path.join(state_dir, "locks"))
@@ -333,7 +257,8 @@ class Maintenance:
         )
         items = fields.get("repositories", list, required=True)
         self.repositories = [
-            MaintainedRepository(_Fields(item, path + ": repository", MaintainedRepository.KEYS)) for item in items
+            MaintainedRepository(Fields(item, "%s: repository %s" % (path, _name_of(item)), MaintainedRepository.KEYS))
+            for item in items
         ]
         for repository in self.repositories:
             repository.retention_floor = self.retention_floor
@@ -362,7 +287,7 @@ class Offsite:
         if not NAME.match(destination):
             raise ConfigError("destination %r must match %s" % (destination, NAME.pattern))
         path = os.path.join(config_dir, "offsite", destination + ".json")
-        fields = _Fields(read_config_file(path), path, self.KEYS)
+        fields = Fields(read_config_file(path), path, self.KEYS)
         self.name = fields.name("name")
         if self.name != destination:
             raise ConfigError("%s: name %r does not match the file name" % (path, self.name))

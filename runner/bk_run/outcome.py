@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
-from .manifest import STDERR_TAIL_MAX
-from .restic_output import scrub, tail
+from bk_evidence.manifest import STDERR_TAIL_MAX
+from bk_evidence.restic_output import scrub, tail
 
 MESSAGE_MAX = 1024
 SEVERITY = {"success": 0, "warning": 1, "failure": 2}
