@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 # time. They are imported where they are used, so that bk-run starts restic without them, and
 # Recorder.prepare_in_background loads them while restic runs.
 
-BK_VERSION = "0.1.0"
+from .version import BK_VERSION  # noqa: F401  # pylint: disable=unused-import
+
 EARLY_ANSWER_FRESH_SECONDS = 60.0
 
 

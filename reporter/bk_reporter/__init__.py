@@ -1,3 +1,5 @@
 """bk's reporter: verifies, stores and shows signed backup manifests."""
 
-__version__ = "0.1.0"
+from bk_evidence.version import BK_VERSION as __version__
+
+__all__ = ["__version__"]

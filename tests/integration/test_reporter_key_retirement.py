@@ -4,6 +4,7 @@ when reporter_retire_absent_keys is true (never in check mode) and changes nothi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,17 @@ def test_an_absent_hosts_key_is_reported_then_retired_only_when_asked_and_once(
     assert "no longer in the inventory" not in again.stdout
 
 
+def _warnings(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The run's Ansible warnings, each on one line (the display wraps long ones)."""
+    text = " ".join((result.stdout + result.stderr).split())
+    return [part.split(" [", 1)[0].strip() for part in text.split("[WARNING]: ")[1:]]
+
+
+def test_one_active_key_of_each_type_is_no_warning(reporter_db: ReporterDatabase, tmp_path: Path) -> None:
+    played = _play(reporter_db, tmp_path)
+    assert [w for w in _warnings(played) if "active" in w or "SSH host key facts" in w] == []
+
+
 def test_a_second_active_key_of_a_type_is_a_warning_in_the_cli_and_the_play(
     reporter_db: ReporterDatabase, tmp_path: Path
 ) -> None:
@@ -94,8 +106,23 @@ def test_a_second_active_key_of_a_type_is_a_warning_in_the_cli_and_the_play(
             [BK_REPORTER, "hosts", "add", "db1", "--key", line, "--data-dir", str(tmp_path)], env=env, check=True
         )
     listed = subprocess.run(
-        [BK_REPORTER, "hosts", "list", "--data-dir", str(tmp_path)], env=env, capture_output=True, text=True, check=True
+        [BK_REPORTER, "hosts", "list", "--json", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "warning: db1 has 2 active ssh-ed25519 keys" in listed.stderr
-    played = _play(reporter_db, tmp_path)
-    assert "WARNING: warning: db1 has 2 active ssh-ed25519 keys" in played.stdout
+    old, new = (row["fingerprint"] for row in json.loads(listed.stdout) if row["host"] == "db1")
+
+    played = _play(reporter_db, tmp_path, "-e", '{"reporter_enroll_hosts": ["web1", "db9"]}')
+    doubled = [w for w in _warnings(played) if w.startswith("db1 has 2 active ssh-ed25519 keys")]
+    assert doubled == [
+        f"db1 has 2 active ssh-ed25519 keys ({old}, {new}): retire the old one"
+        " with bk-reporter hosts retire db1 FINGERPRINT"
+    ], played.stdout + played.stderr
+    assert [w for w in _warnings(played) if "SSH host key facts" in w] == [
+        "No SSH host key facts for db9: their manifests will be refused until their keys are enrolled"
+        " (gather their facts in the same run, as playbooks/site.yml does)."
+    ]
+    assert "WARNING: warning:" not in played.stdout  # no debug task dressed as a warning

@@ -19,7 +19,11 @@ def pack(out: Path, *inputs: str) -> dict:
 
 def runner_inputs(reverse: bool = False) -> list[str]:
     """The role's arguments; ``reverse``: the packages and their files in the opposite order."""
-    evidence = sorted(str(path) for path in (REPO / "plugins" / "module_utils").glob("*.py"))
+    # The role packs the collection's galaxy.yml beside bk_evidence: bk's version on the host.
+    evidence = [
+        *sorted(str(path) for path in (REPO / "plugins" / "module_utils").glob("*.py")),
+        str(REPO / "galaxy.yml"),
+    ]
     program = sorted(str(path) for path in (REPO / "runner" / "bk_run").glob("*.py"))
     if reverse:
         return ["--into", "bk_run", *reversed(program), "--into", "bk_evidence", *reversed(evidence)]
@@ -28,7 +32,7 @@ def runner_inputs(reverse: bool = False) -> list[str]:
 
 def test_both_packages_go_into_one_tar_under_their_directories(tmp_path) -> None:
     packed = pack(tmp_path, *runner_inputs())
-    assert {"bk_evidence/manifest.py", "bk_evidence/__init__.py", "bk_run/cli.py", "bk_run/__init__.py"} <= set(
+    assert {"bk_evidence/manifest.py", "bk_evidence/__init__.py", "bk_evidence/galaxy.yml", "bk_run/cli.py"} <= set(
         packed["files"]
     )
     assert not [name for name in packed["files"] if not name.startswith(("bk_evidence/", "bk_run/"))]

@@ -10,6 +10,8 @@ and passwords, so the file must be private to its owner (0600) and no URL is eve
       everything:
         urls: ["ntfys://ntfy.example.org/bk"]
         conditions: ["*"]
+    healthcheck_url: https://hc-ping.com/UUID
+    offsite_cadence_factor: 3          # and the other tunables of `bk-reporter notify --help`
 """
 
 from __future__ import annotations
@@ -84,6 +86,24 @@ def load_healthcheck_url(path: Path) -> str | None:
     if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
         raise RoutesError(f"{path}: healthcheck_url must be an http(s) URL")
     return value or None
+
+
+def load_tunables(path: Path, defaults: Mapping[str, float]) -> dict[str, float]:
+    """The routes file's evaluator tunables (non-negative numbers), `defaults` for those it leaves
+    out; any other key but routes and healthcheck_url is refused, so that a misspelt one is seen."""
+    document = _private_yaml(path)
+    unknown = sorted(set(document) - set(defaults) - {"routes", "healthcheck_url"})
+    if unknown:
+        raise RoutesError(f"{path}: unknown keys {unknown}; known: routes, healthcheck_url, {', '.join(defaults)}")
+    values = dict(defaults)
+    for key in set(document) & set(defaults):
+        value = document[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise RoutesError(f"{path}: {key} must be a non-negative number, got {value!r}")
+        values[key] = float(value)
+    if values.get("interval_seconds") == 0:
+        raise RoutesError(f"{path}: interval_seconds must be more than 0")
+    return values
 
 
 def _private_yaml(path: Path) -> Any:

@@ -20,7 +20,7 @@ import psycopg
 from bk_reporter import db
 from bk_reporter.notify import store
 from bk_reporter.notify.alerts import Thresholds
-from bk_reporter.notify.channels import RoutesError, load_healthcheck_url, load_routes
+from bk_reporter.notify.channels import RoutesError, load_healthcheck_url, load_routes, load_tunables
 from bk_reporter.notify.evaluator import evaluate_once
 from bk_reporter.notify.lifecycle import Policy
 from bk_reporter.settings import Settings
@@ -28,27 +28,64 @@ from bk_reporter.settings import Settings
 log = logging.getLogger("bk_reporter.notify")
 
 
+# The evaluator's tunables: a flag, else the routes file's key of the same name, else the default
+# (the policy's and thresholds' own), so a deployment writes them once, into the file it writes
+# anyway. key -> (flag, default, unit, help).
+TUNABLES: dict[str, tuple[str, float, str, str]] = {
+    "interval_seconds": ("--interval", 60.0, "SECONDS", "between evaluations"),
+    "repeat_interval_hours": (
+        "--repeat-interval",
+        Policy().repeat_interval / timedelta(hours=1),
+        "HOURS",
+        "repeat while bad",
+    ),
+    "fire_after_minutes": ("--fire-after", Policy().fire_after / timedelta(minutes=1), "MINUTES", "damp shorter flaps"),
+    "silent_key_days": (
+        "--silent-key-days",
+        Thresholds().silent_key_after / timedelta(days=1),
+        "DAYS",
+        "alert when a host's active keys signed nothing this long",
+    ),
+    "offsite_cadence_factor": (
+        "--offsite-cadence-factor",
+        Thresholds().offsite_cadence_factor,
+        "FACTOR",
+        "an offsite copy is late after this many of its destination's cadences",
+    ),
+    "offsite_without_cadence_hours": (
+        "--offsite-without-cadence",
+        Thresholds().offsite_without_cadence / timedelta(hours=1),
+        "HOURS",
+        "an offsite copy is late after this long when its destination declares no cadence",
+    ),
+    "hub_min_free_percent": (
+        "--hub-min-free-percent",
+        Thresholds().hub_min_free_fraction * 100,
+        "PERCENT",
+        "alert when a hub's free space is below this",
+    ),
+    "refused_window_hours": (
+        "--refused-window-hours",
+        Thresholds().refused_window / timedelta(hours=1),
+        "HOURS",
+        "a refused-manifests alert (security) clears this long after the host's last refusal",
+    ),
+}
+
+
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     notify = commands.add_parser("notify", parents=[common], help="evaluate the fleet and send notifications")
     notify.add_argument("--routes", type=Path, required=True, metavar="FILE", help="routes file (YAML, mode 0600)")
-    notify.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="between evaluations")
     notify.add_argument("--once", action="store_true", help="evaluate once and exit")
-    notify.add_argument("--repeat-interval", type=float, default=24.0, metavar="HOURS", help="repeat while bad")
-    notify.add_argument("--fire-after", type=float, default=5.0, metavar="MINUTES", help="damp shorter flaps")
-    notify.add_argument(
-        "--silent-key-days", type=float, default=7.0, metavar="DAYS", help="a host's keys quiet this long"
-    )
-    notify.add_argument(
-        "--offsite-cadence-factor", type=float, default=2.0, help="offsite copy late after this many cadences"
-    )
-    notify.add_argument("--hub-min-free-percent", type=float, default=10.0, help="hub free space alert below this")
-    notify.add_argument(
-        "--refused-window-hours",
-        type=float,
-        default=24.0,
-        metavar="HOURS",
-        help="a refused-manifests alert (security) clears this long after the host's last refusal",
-    )
+    for key, (flag, default, unit, text) in TUNABLES.items():
+        notify.add_argument(
+            flag,
+            dest=key,
+            type=float,
+            default=None,
+            metavar=unit,
+            help=f"{text} (default: the routes file's {key}, else {default:g})",
+        )
     notify.add_argument(
         "--healthcheck-url",
         default=None,
@@ -88,15 +125,24 @@ def _notify(settings: Settings, args: argparse.Namespace) -> int:
     except (RoutesError, OSError) as exc:
         print(f"bk-reporter notify: {exc}", file=sys.stderr)
         return 2
+    try:
+        tunables = load_tunables(args.routes, {key: value[1] for key, value in TUNABLES.items()})
+    except (RoutesError, OSError) as exc:
+        print(f"bk-reporter notify: {exc}", file=sys.stderr)
+        return 2
+    tunables.update({key: getattr(args, key) for key in TUNABLES if getattr(args, key) is not None})
     policy = Policy(
-        repeat_interval=timedelta(hours=args.repeat_interval), fire_after=timedelta(minutes=args.fire_after)
+        repeat_interval=timedelta(hours=tunables["repeat_interval_hours"]),
+        fire_after=timedelta(minutes=tunables["fire_after_minutes"]),
     )
     thresholds = Thresholds(
-        silent_key_after=timedelta(days=args.silent_key_days),
-        offsite_cadence_factor=args.offsite_cadence_factor,
-        hub_min_free_fraction=args.hub_min_free_percent / 100,
-        refused_window=timedelta(hours=args.refused_window_hours),
+        silent_key_after=timedelta(days=tunables["silent_key_days"]),
+        offsite_cadence_factor=tunables["offsite_cadence_factor"],
+        offsite_without_cadence=timedelta(hours=tunables["offsite_without_cadence_hours"]),
+        hub_min_free_fraction=tunables["hub_min_free_percent"] / 100,
+        refused_window=timedelta(hours=tunables["refused_window_hours"]),
     )
+    log.info("notify: %s", ", ".join(f"{key}={value:g}" for key, value in sorted(tunables.items())))
     with db.database(settings) as targets:
         while True:
             result = evaluate_once(
@@ -116,7 +162,7 @@ def _notify(settings: Settings, args: argparse.Namespace) -> int:
             )
             if args.once:
                 return 1 if result.failed else 0
-            time.sleep(args.interval)
+            time.sleep(tunables["interval_seconds"])
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {"notify": _notify, "silence": _silence}
