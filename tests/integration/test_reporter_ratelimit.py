@@ -41,7 +41,7 @@ def test_a_flooding_client_gets_429_while_another_clients_manifest_is_stored(
 ) -> None:
     garbage = {"manifest": "x", "signature": "not a signature"}
     with flooder() as attacker:
-        answers = [attacker.post(limited.url + "/api/v1/manifests", json=garbage) for _ in range(BURST + 5)]
+        answers = [attacker.post(limited.url + "/api/v1/manifests", json=garbage) for _attempt in range(BURST + 5)]
         batch = attacker.post(limited.url + "/api/v1/manifests/batch", json=[garbage])
     assert [a.status_code for a in answers[:BURST]] == [401] * BURST  # the burst is answered as usual
     for answer in [*answers[BURST:], batch]:
@@ -63,7 +63,7 @@ def test_a_flooding_client_gets_429_while_another_clients_manifest_is_stored(
 
 def test_a_limited_client_is_answered_before_its_body_is_sent(limited: ReporterProcess) -> None:
     with flooder() as attacker:
-        for _ in range(BURST):
+        for _attempt in range(BURST):
             attacker.post(limited.url + "/api/v1/manifests", content=b"{")
     address = urlsplit(limited.url)
     with socket.create_connection((address.hostname, address.port), timeout=5, source_address=(FLOODER, 0)) as conn:

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from bk_evidence import manifest, sshsig
 from bk_reporter import ingest
-from support.reporters import LiveReporter, ReporterDatabase, enroll, run_audit, serving
+from bk_reporter.settings import Settings
+from support.reporters import ONE_ADDRESS_LIMITS, LiveReporter, ReporterDatabase, enroll, run_audit, serving
 from support.signing_hosts import MemoryHost
 
 JSON = st.recursive(
@@ -170,7 +171,7 @@ def fuzzed(module_reporter_db: ReporterDatabase) -> Iterator[Fuzzed]:
     host = MemoryHost.named("web1")
     enroll(module_reporter_db.owner_url, host)
     with (
-        serving(module_reporter_db) as live,
+        serving(module_reporter_db, Settings(**ONE_ADDRESS_LIMITS)) as live,
         httpx.Client(base_url=live.url, timeout=60) as client,
         psycopg.connect(module_reporter_db.owner_url, autocommit=True) as conn,
     ):

@@ -25,7 +25,7 @@ from bk_evidence import manifest
 from bk_reporter import hosts
 from support.database import chain_figures
 from support.keys import public_line_of, sshsig_ed25519
-from support.reporters import ReporterDatabase, reporter_process, run_audit
+from support.reporters import ONE_ADDRESS_FLEET, ReporterDatabase, reporter_process, run_audit
 from support.signing_hosts import rfc3339
 
 HOSTS = 1000
@@ -111,7 +111,7 @@ def test_100000_manifests_from_1000_hosts_none_lost_none_duplicated_chains_intac
     with psycopg.connect(reporter_db.owner_url, autocommit=True) as conn:
         hosts.enroll(conn, [hosts.host_key(name, line) for name, line in workload.public_lines.items()])
     shares = [workload.share(sender) for sender in range(SENDERS)]
-    with reporter_process(reporter_db, tmp_path, log_level="warning") as reporter:
+    with reporter_process(reporter_db, tmp_path, log_level="warning", **ONE_ADDRESS_FLEET) as reporter:
         with ThreadPoolExecutor(SENDERS) as pool:
             answers = list(pool.map(lambda share: send(reporter.url, share), shares))
         delivered_at = time.monotonic()
