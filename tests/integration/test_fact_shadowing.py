@@ -111,7 +111,7 @@ def test_lying_host_is_stopped_and_the_hub_renders_nothing_new(tmp_path: Path, l
 def test_a_forged_computed_value_stops_the_host(tmp_path: Path, lying_python: Path) -> None:
     """The roles' computed values (_client_hub, ...) are bk variables too: a role may read one where
     the task setting it did not run, and there the forged fact would be its value."""
-    returncode, output, _ = _render(tmp_path, lying_python, {"_client_hub": "hub1", "ansible__hub_served": ["evil"]})
+    returncode, output, _out = _render(tmp_path, lying_python, {"_client_hub": "hub1", "ansible__hub_served": ["evil"]})
     assert returncode != 0
     assert "Facts of evil carry bk variables (_client_hub, _hub_served)" in output
     assert _recap(output) == {"evil": 1, "hub1": 1, "web1": 0}
