@@ -37,6 +37,8 @@ class Repository:
         self.name = fields.name("name")
         self.repository_file: str = fields.get("repository_file", str, required=True)
         self.password_file: str = fields.get("password_file", str, required=True)
+        # The hub that serves this repository, named in manifests so that only its receipts count.
+        self.hub: Optional[str] = fields.get("hub", str)
 
     def location(self) -> str:
         """The repository URL, credentials included (never record it as is)."""

@@ -255,6 +255,62 @@ def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
     assert (snap["snapshot_id"], snap["received"], snap["offsite_destinations"]) == (snapshot, True, ["b2"])
 
 
+def _receipt(hub: SigningHost, directory: str, snapshot: str) -> dict[str, str]:
+    return hub.envelope(
+        kind="hub-receipt",
+        job=None,
+        snapshot=None,
+        stats=None,
+        cadence_seconds=None,
+        repository={"name": directory},
+        receipt={"snapshots": [{"id": snapshot, "size": 512, "arrived_at": "2026-01-01T00:00:00Z"}]},
+    )
+
+
+def test_only_the_named_hub_confirms_a_claim_from_the_hosts_own_directory(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
+) -> None:
+    # hub2 is enrolled and signs honestly-formed receipts, but web1's backups go to hub1.
+    hub1, hub2 = (SigningHost(name, make_key(tmp_path, name)) for name in ("hub1", "hub2"))
+    for hub in (hub1, hub2):
+        enroll(reporter.database.owner_url, hub)
+    snapshot = "cd" * 32
+    repository = {"name": "hub", "url": "rest:https://hub1:8000/web1/", "hub": "hub1"}
+    # The rogue receipt arrives first, before the claim it would pre-empt.
+    assert post_all(client, [_receipt(hub2, "web1", snapshot)]) == [201]
+    claim = web1.envelope(snapshot={"id": snapshot}, repository=repository, ago=timedelta(hours=4))
+    assert post_all(client, [claim]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
+    # The right hub, but another client's directory.
+    assert post_all(client, [_receipt(hub1, "db1", snapshot)]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
+    (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
+    assert (lineage["received"], lineage["hub_host"]) == (False, None)
+
+    assert post_all(client, [_receipt(hub1, "web1", snapshot)]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "ok"
+    (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
+    assert (lineage["received"], lineage["hub_host"], lineage["hub_repository"]) == (True, "hub1", "web1")
+    kept = query(reporter.database.owner_url, "SELECT hub_host, hub_repository FROM snapshot_receipts ORDER BY 1, 2")
+    expected = [("hub1", "db1"), ("hub1", "web1"), ("hub2", "web1")]
+    assert [(row["hub_host"], row["hub_repository"]) for row in kept] == expected
+
+
+def test_a_receipt_before_the_claim_is_shown_then_dropped_when_the_claim_names_another_hub(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
+) -> None:
+    hub2 = SigningHost("hub2", make_key(tmp_path, "hub2"))
+    enroll(reporter.database.owner_url, hub2)
+    snapshot = "ef" * 32
+    assert post_all(client, [_receipt(hub2, "web1", snapshot)]) == [201]
+    (seen,) = query(reporter.database.owner_url, "SELECT host, received, hub_host FROM snapshot_lineage")
+    assert (seen["host"], seen["received"], seen["hub_host"]) == (None, True, "hub2")
+    repository = {"name": "hub", "url": "rest:https://hub1:8000/web1/", "hub": "hub1"}
+    assert post_all(client, [web1.envelope(snapshot={"id": snapshot}, repository=repository)]) == [201]
+    (claimed,) = query(reporter.database.owner_url, "SELECT host, received, hub_host FROM snapshot_lineage")
+    assert (claimed["host"], claimed["received"], claimed["hub_host"]) == ("web1", False, None)
+
+
 # -- reading -------------------------------------------------------------------------------------
 
 
