@@ -31,7 +31,6 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details:
       - Builds and validates the manifest and reports the sequence number it would get.
       - Signs nothing and changes no state.

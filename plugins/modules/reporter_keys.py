@@ -29,7 +29,6 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details:
       - Lists the keys in check mode too (it only reads).
       - In check mode a C(bk-reporter) that is missing or fails (the reporter is not installed yet) returns
