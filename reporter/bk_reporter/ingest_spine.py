@@ -17,6 +17,7 @@ before they are answered.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -144,20 +145,48 @@ class Ingest:
         outcomes: list[Outcome | None] = [None] * len(items)
         signed = self._signed(items, outcomes)
         if signed:
-            verified = []
-            for (index, _item), result in zip(signed, await self._verified(signed), strict=True):
-                if isinstance(result, Outcome):
-                    outcomes[index] = result
-                else:
-                    verified.append((index, result))
-            if verified:
-                stored = await self._write([manifest for _index, manifest in verified])
-                for (index, _manifest), outcome in zip(verified, stored, strict=True):
-                    outcomes[index] = outcome
+            await self._verified_and_stored(signed, outcomes)
         answered = [outcome for outcome in outcomes if outcome is not None]
         if len(answered) != len(items):
             raise RuntimeError("an item of the request was left without an answer")
         return answered
+
+    async def _verified_and_stored(self, signed: list[tuple[int, SignedBy]], outcomes: list[Outcome | None]) -> None:
+        """Each part of the request is stored once verified, while the workers verify the next.
+
+        The parts are stored one after the other, in the request's order, so that whatever an
+        earlier item decides (the first of two items with one id) is committed before a later
+        item is stored.
+        """
+        keys = await self._keys(item.fingerprint for _index, item in signed)
+        parts = self.verifier.parts([item for _index, item in signed], keys, self.limits)
+        start = 0
+        try:
+            for part in parts:
+                numbered = signed[start:]
+                results = await self._rechecked([item for _index, item in numbered], await part)
+                start += len(results)
+                await self._stored(numbered[: len(results)], results, outcomes)
+        finally:
+            # A part or a write that failed leaves the other parts running: wait for them too.
+            await asyncio.gather(*parts, return_exceptions=True)
+
+    async def _stored(
+        self,
+        numbered: list[tuple[int, SignedBy]],
+        results: list[VerifiedManifest | Outcome],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        verified = []
+        for (index, _item), result in zip(numbered, results, strict=True):
+            if isinstance(result, Outcome):
+                outcomes[index] = result
+            else:
+                verified.append((index, result))
+        if verified:
+            stored = await self._write([manifest for _index, manifest in verified])
+            for (index, _manifest), outcome in zip(verified, stored, strict=True):
+                outcomes[index] = outcome
 
     def _security_refusals(self, items: Sequence[Any], outcomes: Sequence[Outcome], client: str) -> list[Refusal]:
         refused = []
@@ -184,14 +213,16 @@ class Ingest:
                 signed.append((index, checked))
         return signed
 
-    async def _verified(self, signed: list[tuple[int, SignedBy]]) -> list[VerifiedManifest | Outcome]:
-        items = [item for _index, item in signed]
-        keys = await self._keys(item.fingerprint for item in items)
-        results = await self.verifier.verify(items, keys, self.limits)
+    async def _rechecked(
+        self, items: list[SignedBy], results: list[VerifiedManifest | Outcome]
+    ) -> list[VerifiedManifest | Outcome]:
+        """`results`, for the first items of `items`, with "not for this host" confirmed by the database.
+
+        Cached keys may lack a host enrolled since: that answer is only given after a look at the
+        database. (A key retired since is refused by store's INSERT.)
+        """
         if self._fresh_keys is None:
             return results
-        # Cached keys may lack a host enrolled since: "not for this host" is only answered after
-        # a look at the database. (A key retired since is refused by store's INSERT.)
         doubtful = [
             i for i, result in enumerate(results) if isinstance(result, Outcome) and result.code == "key_not_for_host"
         ]

@@ -3,26 +3,44 @@
 Checking a manifest (signature, strict parsing, schema) costs about half a millisecond of pure
 Python. A batch of hundreds would hold the event loop, and one process, for that long; from
 PARALLEL_FROM items on, the work is split between worker processes so that every core helps.
+
+A large batch is split into parts of at most PART_ITEMS, each awaitable on its own
+(`Verifier.parts`), so that the first part can be stored while the workers verify the rest:
+PostgreSQL and the verifying workers then use the cores at the same time rather than in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 
-from .ingest import KeyRing, Limits, SignedBy, VerifiedManifest, verify
+from .ingest import EnrolledKey, KeyRing, Limits, SignedBy, VerifiedManifest, verify
 from .outcome import Outcome
 
 PARALLEL_FROM = 16
+PART_ITEMS = 63
+
+Results = list[VerifiedManifest | Outcome]
 
 
 def verify_all(
     items: Sequence[SignedBy], keys: KeyRing, limits: Limits, now: datetime
 ) -> list[VerifiedManifest | Outcome]:
     return [verify(item, keys, limits, now) for item in items]
+
+
+def _ring_for(items: Sequence[SignedBy], keys: KeyRing) -> dict[str, EnrolledKey]:
+    """The keys these items name: all that a worker needs, and all that is sent to it."""
+    return {item.fingerprint: keys[item.fingerprint] for item in items if item.fingerprint in keys}
+
+
+def _done(results: Results) -> Awaitable[Results]:
+    future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+    future.set_result(results)
+    return future
 
 
 def _started_worker() -> None:
@@ -36,24 +54,21 @@ class Verifier:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
 
-    async def verify(
-        self, items: Sequence[SignedBy], keys: KeyRing, limits: Limits
-    ) -> list[VerifiedManifest | Outcome]:
+    async def verify(self, items: Sequence[SignedBy], keys: KeyRing, limits: Limits) -> Results:
+        return [result for part in self.parts(items, keys, limits) for result in await part]
+
+    def parts(self, items: Sequence[SignedBy], keys: KeyRing, limits: Limits) -> list[Awaitable[Results]]:
+        """The results for consecutive parts of `items`, in order; every part is under way on return."""
         now = datetime.now(UTC)
         if len(items) < PARALLEL_FROM:
-            return verify_all(items, keys, limits, now)
+            return [_done(verify_all(items, keys, limits, now))]
         if self.processes < 2:
-            return await asyncio.to_thread(verify_all, items, keys, limits, now)
-        size = -(-len(items) // self.processes)
+            return [asyncio.ensure_future(asyncio.to_thread(verify_all, items, keys, limits, now))]
+        size = min(-(-len(items) // self.processes), PART_ITEMS)
         loop = asyncio.get_running_loop()
         pool = self._started()
-        parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(pool, verify_all, items[start : start + size], dict(keys), limits, now)
-                for start in range(0, len(items), size)
-            )
-        )
-        return [result for part in parts for result in part]
+        parts = [items[start : start + size] for start in range(0, len(items), size)]
+        return [loop.run_in_executor(pool, verify_all, part, _ring_for(part, keys), limits, now) for part in parts]
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bk_evidence import manifest as bk_manifest
+from bk_reporter import verifying
 from bk_reporter.settings import Settings
-from support.database import row_counts
+from support.database import row_counts, stored_ids
 from support.keys import make_key, ssh_keygen_sign
 from support.reporters import LiveReporter, ReporterDatabase, enroll, serving
 from support.signing_hosts import SigningHost, rfc3339
@@ -528,6 +529,44 @@ def test_a_large_batch_is_verified_in_worker_processes_and_answered_in_order(
     assert [r["status"] for r in results] == expected
     assert [r["id"] for r in results[:17]] == [json.loads(e["manifest"])["id"] for e in envelopes[:17]]
     assert row_counts(reporter_db.owner_url)["events"] == 40
+
+
+def test_a_batch_in_several_parts_stores_exactly_its_good_items_in_order(
+    reporter_db: ReporterDatabase, web1: SigningHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts of 8 (verifying.PART_ITEMS) are stored as they are verified: the bad items of any
+    part are answered and left out, the good ones of every part stored, a repeat in a later part
+    answered as the retry or the conflict it is, and every answer lands at its own item."""
+    monkeypatch.setattr(verifying, "PART_ITEMS", 8)
+    db1 = SigningHost("db1", make_key(tmp_path, "db1"))
+    enroll(reporter_db.owner_url, db1)
+    good = [host.envelope() for _n in range(12) for host in (web1, db1)]
+    first = json.loads(good[0]["manifest"])
+    same_id = web1.envelope(web1.text(id=first["id"], seq=50))
+    forged = {"manifest": web1.text(seq=60), "signature": good[5]["signature"]}
+    batch = [*good[:3], forged, *good[3:13], {"manifest": "x"}, good[0], *good[13:], same_id]
+    with (
+        serving(reporter_db, Settings(verify_processes=2)) as live,
+        httpx.Client(base_url=live.url, timeout=120) as http,
+    ):
+        results = http.post("/api/v1/manifests/batch", json=batch).json()
+    assert [(r["status"], r["code"]) for r in results] == [
+        *[(201, "stored")] * 3,
+        (401, "bad_signature"),
+        *[(201, "stored")] * 10,
+        (400, "bad_envelope"),
+        (200, "duplicate"),
+        *[(201, "stored")] * 11,
+        (409, "id_conflict"),
+    ]
+    ids = [json.loads(e["manifest"])["id"] for e in good]
+    assert [r["id"] for r in results] == [*ids[:3], None, *ids[3:13], None, ids[0], *ids[13:], first["id"]]
+    assert sorted(stored_ids(reporter_db.owner_url)) == sorted(ids)
+    with psycopg.connect(reporter_db.owner_url) as conn:
+        chains = conn.execute("SELECT host, events, last_seq FROM host_chain ORDER BY host").fetchall()
+        breaks = conn.execute("SELECT count(*) FROM chain_breaks").fetchone()
+    assert chains == [("db1", 12, 12), ("web1", 12, 12)]
+    assert breaks == (0,)
 
 
 def _certificate_for_loopback(directory: Path) -> tuple[Path, Path]:
