@@ -100,11 +100,11 @@ class BenchHost:
         return {"manifest": text, "signature": sshsig.sign(text.encode(), str(self.key_path))}
 
 
-def make_hosts(directory: Path, count: int) -> list[BenchHost]:
+def make_hosts(directory: Path, count: int, prefix: str = "host") -> list[BenchHost]:
     fleet = []
     for index in range(count):
         key = ed25519.Ed25519PrivateKey.generate()
-        path = directory / f"host{index:04d}"
+        path = directory / f"{prefix}{index:04d}"
         path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
@@ -112,7 +112,7 @@ def make_hosts(directory: Path, count: int) -> list[BenchHost]:
         )
         path.chmod(0o600)
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        fleet.append(BenchHost(f"host{index:04d}", path, public.decode()))
+        fleet.append(BenchHost(path.name, path, public.decode()))
     return fleet
 
 
@@ -359,7 +359,7 @@ def prepare(owner_url: str, scratch: Path, args: argparse.Namespace) -> Workload
     (scratch / "raw").mkdir()
     batch_envelopes = make_envelopes(fleet, args.batch)
     size = args.batch_size
-    raw_fleet = make_hosts(scratch / "raw", 50)
+    raw_fleet = make_hosts(scratch / "raw", 50, prefix="raw")  # enrolled for the store-only phase: other names
     return Workload(
         raw_fleet=raw_fleet,
         raw=make_envelopes(raw_fleet, args.raw),

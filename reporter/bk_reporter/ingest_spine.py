@@ -11,8 +11,9 @@ The checks run in the wire contract's order (ingest.py's docstring):
 
 The keys come from a `KeyCache` (a request's keys would otherwise cost a query each); the
 writer is a `GroupWriter` (concurrent requests share one INSERT and one commit) or, on one
-connection, `store.store` itself. Refused signatures and keys are recorded by a `RefusalLog`
-before they are answered.
+connection, `store.store` itself. A large request is verified in parts (`Verifier.parts`), and
+each part goes to the writer as soon as it is verified, while the workers verify the next.
+Refused signatures and keys are recorded by a `RefusalLog` before they are answered.
 """
 
 from __future__ import annotations
@@ -156,17 +157,19 @@ class Ingest:
 
         The parts are stored one after the other, in the request's order, so that whatever an
         earlier item decides (the first of two items with one id) is committed before a later
-        item is stored.
+        item is stored. A request that fails part way may leave its first parts stored: its
+        retry is answered 200 for those, as for any retry.
         """
         keys = await self._keys(item.fingerprint for _index, item in signed)
         parts = self.verifier.parts([item for _index, item in signed], keys, self.limits)
         start = 0
         try:
             for part in parts:
-                numbered = signed[start:]
-                results = await self._rechecked([item for _index, item in numbered], await part)
+                results = await part
+                numbered = signed[start : start + len(results)]
                 start += len(results)
-                await self._stored(numbered[: len(results)], results, outcomes)
+                results = await self._rechecked([item for _index, item in numbered], results)
+                await self._stored(numbered, results, outcomes)
         finally:
             # A part or a write that failed leaves the other parts running: wait for them too.
             await asyncio.gather(*parts, return_exceptions=True)
@@ -216,7 +219,7 @@ class Ingest:
     async def _rechecked(
         self, items: list[SignedBy], results: list[VerifiedManifest | Outcome]
     ) -> list[VerifiedManifest | Outcome]:
-        """`results`, for the first items of `items`, with "not for this host" confirmed by the database.
+        """`results`, one per item, with "not for this host" confirmed by the database.
 
         Cached keys may lack a host enrolled since: that answer is only given after a look at the
         database. (A key retired since is refused by store's INSERT.)

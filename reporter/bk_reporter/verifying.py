@@ -21,7 +21,7 @@ from .ingest import EnrolledKey, KeyRing, Limits, SignedBy, VerifiedManifest, ve
 from .outcome import Outcome
 
 PARALLEL_FROM = 16
-PART_ITEMS = 63
+PART_ITEMS = 125
 
 Results = list[VerifiedManifest | Outcome]
 
