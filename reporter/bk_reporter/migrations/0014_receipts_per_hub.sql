@@ -74,15 +74,22 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 AS $$
 BEGIN
-    UPDATE snapshots s SET claimed_hub = e.lineage -> 0 ->> 'hub'
-      FROM inserted e
-     WHERE e.kind = 'backup' AND e.lineage IS NOT NULL AND s.snapshot_id = e.snapshot_id AND s.claim_event_id = e.id;
+    -- Most batches hold backups of clients that name no hub, or no receipt: those skip the work.
+    IF EXISTS (SELECT FROM inserted WHERE kind = 'backup' AND lineage IS NOT NULL) THEN
+        UPDATE snapshots s SET claimed_hub = e.lineage -> 0 ->> 'hub'
+          FROM inserted e
+         WHERE e.kind = 'backup' AND e.lineage IS NOT NULL
+           AND s.snapshot_id = e.snapshot_id AND s.claim_event_id = e.id;
+    END IF;
 
-    INSERT INTO snapshot_receipts (snapshot_id, hub_host, hub_repository, arrived_at, size_bytes, receipt_event_id)
-    SELECT DISTINCT ON (r.snapshot_id, r.hub_host, r.hub_repository) r.*
-      FROM inserted e, bk_receipt_items(e.kind, e.host, e.repository_name, e.lineage, e.finished_at, e.id) r
-     ORDER BY r.snapshot_id, r.hub_host, r.hub_repository, r.arrived_at
-    ON CONFLICT (snapshot_id, hub_host, hub_repository) DO NOTHING;
+    IF EXISTS (SELECT FROM inserted WHERE kind = 'hub-receipt') THEN
+        INSERT INTO snapshot_receipts (snapshot_id, hub_host, hub_repository, arrived_at, size_bytes, receipt_event_id)
+        SELECT DISTINCT ON (r.snapshot_id, r.hub_host, r.hub_repository) r.*
+          FROM inserted e, bk_receipt_items(e.kind, e.host, e.repository_name, e.lineage, e.finished_at, e.id) r
+         WHERE e.kind = 'hub-receipt'
+         ORDER BY r.snapshot_id, r.hub_host, r.hub_repository, r.arrived_at
+        ON CONFLICT (snapshot_id, hub_host, hub_repository) DO NOTHING;
+    END IF;
 
     -- A claim's snapshot needs choosing only if some hub has sent a receipt for it; most claims
     -- arrive before any receipt, and then this costs one index probe each.
@@ -90,8 +97,8 @@ BEGIN
         SELECT r.snapshot_id FROM inserted e JOIN snapshot_receipts r ON r.snapshot_id = e.snapshot_id
          WHERE e.kind = 'backup'
         UNION
-        SELECT r.snapshot_id
-          FROM inserted e, bk_receipt_items(e.kind, e.host, e.repository_name, e.lineage, e.finished_at, e.id) r));
+        SELECT item.snapshot FROM inserted e, jsonb_to_recordset(e.lineage) AS item(snapshot text)
+         WHERE e.kind = 'hub-receipt'));
     RETURN NULL;
 END
 $$;
