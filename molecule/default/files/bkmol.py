@@ -37,6 +37,7 @@ from bkmol_backups import (
     cmd_units,
 )
 from bkmol_hosts import CheckFailed
+from bkmol_hubs import cmd_hubs
 from bkmol_notifications import cmd_enrolled, cmd_notifications, cmd_notify_once
 from bkmol_offsite import cmd_offsite, cmd_offsite_keeps
 from bkmol_pg_restore import cmd_pg_restore
@@ -109,6 +110,11 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subc
     p.add_argument("destination")
     p.add_argument("clients", nargs="+")
     p.set_defaults(func=cmd_offsite)
+
+    p = sub.add_parser("hubs", help="each hub serves, receipts, maintains and copies only its own clients")
+    p.add_argument("--via", required=True)
+    p.add_argument("--hub", action="append", required=True, metavar="HUB=CLIENT,CLIENT", help="a hub and its clients")
+    p.set_defaults(func=cmd_hubs)
 
     p = sub.add_parser("offsite-keeps", help="what retention removed on the hub is still offsite")
     p.add_argument("--hub", required=True)
