@@ -117,6 +117,20 @@ def test_a_forged_computed_value_stops_the_host(tmp_path: Path, lying_python: Pa
     assert _recap(output) == {"evil": 1, "hub1": 1, "web1": 0}
 
 
+def test_a_client_forging_its_hub_still_stops_the_hub_it_would_leave(tmp_path: Path, lying_python: Path) -> None:
+    """Which clients a hub serves comes from every client's client_hub_host, so a client that
+    forges its own to leave its hub (and take its policy and credential out of that hub's files)
+    stops that hub too, not only the one it names."""
+    returncode, output, out = _render(tmp_path, lying_python, None)
+    assert returncode == 0, output
+    honest = (out / "maintenance.json").read_bytes()
+    returncode, output, out = _render(tmp_path, lying_python, {"client_hub_host": "elsewhere"})
+    assert returncode != 0
+    assert "Facts of evil carry bk variables (client_hub_host)" in output
+    assert _recap(output) == {"evil": 1, "hub1": 1, "web1": 0}
+    assert (out / "maintenance.json").read_bytes() == honest
+
+
 def _recap(output: str) -> dict[str, int]:
     """failed= per host from the PLAY RECAP."""
     recap = output.split("PLAY RECAP", 1)[1]
