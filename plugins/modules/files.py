@@ -8,15 +8,15 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: files
-short_description: Put a set of directories and small files in place in one module run
+short_description: Put a set of directories and small files in place, in one module run
 version_added: "0.1.0"
 description:
-  - Creates each directory and writes each file of O(files) whose content, mode, owner or group differ,
-    and reports which paths it changed. A file is replaced atomically (a temporary file in the same
+  - Creates each directory and writes each file of O(files) whose content, mode, owner or group
+    differ, and reports which paths it changed. A file is replaced atomically (a temporary file in the same
     directory, renamed over it).
   - One run of this module costs what one M(ansible.builtin.copy) of one file costs; a loop of
     M(ansible.builtin.template) or M(ansible.builtin.copy) costs that per item. The content is
-    rendered on the controller (a C(template) lookup) and travels in the module's arguments: meant
+    rendered on the controller (a C(template) lookup) and travels in the module's arguments, so the module is meant
     for configuration files and units, not for large files.
   - Removes nothing.
 author:
@@ -92,6 +92,7 @@ import stat
 from typing import Any, Dict, List, Optional
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.bkfleet.backup.plugins.module_utils.files import atomic_write
 
 ENTRY = {
