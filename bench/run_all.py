@@ -11,7 +11,8 @@ Stages, one after the other (each figure is a ratio against a baseline measured 
                       the databases are cached in --ui-dir (loaded once, reused while present)
 5. converge           first and second site.yml run: only with --with-lab (fresh lab fleets of 4 and
                       12 hosts, --converge-hosts to change, on the network bk-bench; site.yml twice
-                      on each, wall time and controller CPU; about 15 minutes) or from a log given with
+                      on each, wall time and controller CPU; tens of minutes on 2 shared cores, hence
+                      the flag) or from a log given with
                       --converge-log (a molecule or ansible-playbook log with the two PLAY RECAPs);
                       otherwise the document says it was not measured.
 
@@ -640,7 +641,7 @@ def main() -> int:
 
     converge = None
     reason = (
-        "Run with `--with-lab` (fresh lab fleets of 4 and 12 hosts, site.yml twice on each: about 15 minutes) "
+        "Run with `--with-lab` (fresh lab fleets of 4 and 12 hosts, site.yml twice on each: tens of minutes) "
         "or `--converge-log FILE` (a molecule "
         "log) to include it; the lab belongs to the end-to-end work and was not started by this benchmark."
     )
