@@ -3,7 +3,9 @@
 On loopback, with a private PostgreSQL cluster with fsync on, in one run it prints:
 
 1. raw: executemany of equivalent rows into a table shaped like events (same columns
-   and indexes, no triggers) in one transaction, the baseline;
+   and indexes, no triggers) in one transaction, the baseline; then the same rows through the
+   reporter's own INSERT into events, triggers and all, in statements of --batch-size, verified
+   beforehand (what PostgreSQL alone allows the batch path, without HTTP or verification);
 2. single: POST /api/v1/manifests at concurrency 32, with p50 and p99 latency;
 3. batch: POST /api/v1/manifests/batch;
 4. open loop: single POSTs offered at a fixed rate (500/s by default) whatever the answers, with
@@ -46,8 +48,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
-from bk_reporter import db, hosts
+from bk_reporter import db, hosts, store
+from bk_reporter.ingest import EnrolledKey, Limits, VerifiedManifest, envelope_from, signed_by
 from bk_reporter.pgcluster import LocalCluster, find_server_bin
+from bk_reporter.settings import Settings
+from bk_reporter.verifying import verify_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.net import free_port
@@ -95,11 +100,11 @@ class BenchHost:
         return {"manifest": text, "signature": sshsig.sign(text.encode(), str(self.key_path))}
 
 
-def make_hosts(directory: Path, count: int) -> list[BenchHost]:
+def make_hosts(directory: Path, count: int, prefix: str = "host") -> list[BenchHost]:
     fleet = []
     for index in range(count):
         key = ed25519.Ed25519PrivateKey.generate()
-        path = directory / f"host{index:04d}"
+        path = directory / f"{prefix}{index:04d}"
         path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
@@ -107,7 +112,7 @@ def make_hosts(directory: Path, count: int) -> list[BenchHost]:
         )
         path.chmod(0o600)
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        fleet.append(BenchHost(f"host{index:04d}", path, public.decode()))
+        fleet.append(BenchHost(path.name, path, public.decode()))
     return fleet
 
 
@@ -157,6 +162,38 @@ def raw_insert_rate(owner_url: str, envelopes: list[dict[str, str]]) -> float:
         conn.execute("DROP TABLE bench_raw")
         conn.commit()
     return len(rows) / elapsed
+
+
+def verified_in_advance(fleet: list[BenchHost], envelopes: list[dict[str, str]]) -> list[VerifiedManifest]:
+    settings = Settings()
+    limits = Limits(settings.max_manifest_bytes, timedelta(seconds=settings.future_tolerance_seconds))
+    signed = [signed_by(envelope_from(envelope), limits) for envelope in envelopes]
+    keys = {
+        sshsig.fingerprint(h.public_line): EnrolledKey(sshsig.normalize_public_key(h.public_line), frozenset({h.name}))
+        for h in fleet
+    }
+    verified = verify_all(signed, keys, limits, datetime.now(UTC))  # type: ignore[arg-type]
+    if not all(isinstance(manifest, VerifiedManifest) for manifest in verified):
+        raise RuntimeError("a manifest of the store-only phase did not verify")
+    return verified  # type: ignore[return-value]
+
+
+def store_only_rate(owner_url: str, fleet: list[BenchHost], envelopes: list[dict[str, str]], size: int) -> float:
+    """store.store, the reporter's INSERT and its triggers, `size` manifests per statement."""
+    manifests = verified_in_advance(fleet, envelopes)
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        hosts.enroll(conn, [hosts.host_key(h.name, h.public_line) for h in fleet])
+
+    async def run() -> float:
+        async with await psycopg.AsyncConnection.connect(owner_url, autocommit=True) as conn:
+            started = time.perf_counter()
+            for start in range(0, len(manifests), size):
+                outcomes = await store.store(conn, manifests[start : start + size])
+                if any(outcome.status != 201 for outcome in outcomes):
+                    raise RuntimeError("a manifest of the store-only phase was not stored")
+            return len(manifests) / (time.perf_counter() - started)
+
+    return asyncio.run(run())
 
 
 # -- a lean HTTP/1.1 client ------------------------------------------------------------------------
@@ -305,6 +342,7 @@ def describe_machine() -> str:
 class Workload:
     """Everything signed in advance, so that the timed phases only send."""
 
+    raw_fleet: list[BenchHost]
     raw: list[dict[str, str]]
     singles: list[bytes]
     batches: list[bytes]
@@ -321,8 +359,10 @@ def prepare(owner_url: str, scratch: Path, args: argparse.Namespace) -> Workload
     (scratch / "raw").mkdir()
     batch_envelopes = make_envelopes(fleet, args.batch)
     size = args.batch_size
+    raw_fleet = make_hosts(scratch / "raw", 50, prefix="raw")  # enrolled for the store-only phase: other names
     return Workload(
-        raw=make_envelopes(make_hosts(scratch / "raw", 50), args.raw),
+        raw_fleet=raw_fleet,
+        raw=make_envelopes(raw_fleet, args.raw),
         singles=[json.dumps(e).encode() for e in make_envelopes(fleet, args.single)],
         batches=[json.dumps(batch_envelopes[i : i + size]).encode() for i in range(0, args.batch, size)],
         batch_items=args.batch,
@@ -488,16 +528,24 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace, resu
     raw_rate = raw_insert_rate(owner_url, workload.raw)
     print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
     results["raw"] = {"rows": args.raw, "rate": raw_rate}
+    store_rate = store_only_rate(owner_url, workload.raw_fleet, workload.raw, args.batch_size)
+    ratio = store_rate / raw_rate
+    print(
+        f"store only, {args.batch_size} per statement: {store_rate:9.0f} rows/s       (ratio {ratio:.2f}; "
+        "the same rows into events with its triggers, verified beforehand)"
+    )
+    results["store_only"] = {"rows": args.raw, "statement_rows": args.batch_size, "rate": store_rate, "ratio": ratio}
+    before = stored_events(owner_url)
     port = free_port()
     reporter = start_reporter(cluster, "bench", port)
     meter = CpuMeter(reporter.pid, int((cluster.data_dir / "postmaster.pid").read_text().split()[0]))
     try:
         single = run_single(port, workload, args, raw_rate, meter, results=results)
-        single.rows_after = stored_events(owner_url)
+        single.rows_after = stored_events(owner_url) - before
         batch = run_batches(port, workload, args, raw_rate, meter, results=results)
-        batch.rows_after = stored_events(owner_url) - single.rows_after
+        batch.rows_after = stored_events(owner_url) - before - single.rows_after
         opened = run_open_loop(port, workload, args, raw_rate, meter, results=results)
-        opened.rows_after = stored_events(owner_url) - single.rows_after - batch.rows_after
+        opened.rows_after = stored_events(owner_url) - before - single.rows_after - batch.rows_after
     finally:
         reporter.terminate()
         reporter.wait(timeout=60)

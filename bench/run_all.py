@@ -432,6 +432,17 @@ def targets(figures: dict[str, dict]) -> list[str]:
     return ["| target | goal | this run (medians) | |", "|---|---|---|---|", *rows]
 
 
+def shown_command(command: list[str]) -> str:
+    """The stage's command as a reader would type it: repository-relative, scratch files as FILE."""
+    return shlex.join(_shown_word(word) for word in command)
+
+
+def _shown_word(word: str) -> str:
+    if word.startswith(str(REPO) + "/"):
+        return word[len(str(REPO)) + 1 :]
+    return "FILE" if word.startswith(tempfile.gettempdir() + "/") else word
+
+
 def converge_fleets_section(converge: dict) -> list[str]:
     rows = []
     for fleet in converge["fleets"]:
@@ -525,7 +536,7 @@ def write_document(
             lines += ["Not run (skipped with --skip).", ""]
             continue
         lines.append(
-            f"`{shlex.join(stage.command)}` — {stage.seconds / 60:.1f} min, exit {stage.status}, "
+            f"`{shown_command(stage.command)}` — {stage.seconds / 60:.1f} min, exit {stage.status}, "
             f"load {stage.load_start} at start, {stage.load_end} at end."
         )
         lines.append("")

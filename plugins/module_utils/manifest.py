@@ -71,8 +71,8 @@ JSON_SCHEMA: Dict[str, Any] = {
         "schema": {
             "type": "string",
             "enum": list(ACCEPTED_SCHEMAS),
-            "description": "bk.manifest/v1.1 adds stats.data_added_packed, stats.backup_start, stats.backup_end "
-            "and error.cause to bk.manifest/v1",
+            "description": "bk.manifest/v1.1 adds stats.data_added_packed, stats.backup_start, stats.backup_end, "
+            "error.cause and repository.hub to bk.manifest/v1",
         },
         "id": {
             "type": "string",
@@ -98,6 +98,11 @@ JSON_SCHEMA: Dict[str, Any] = {
                 "name": dict(_NAME, maxLength=128, description="label of the repository (hub: the host's directory)"),
                 "url": dict(_URL, description="restic repository location without credentials"),
                 "id": {"type": "string", "pattern": _HEX64, "description": "restic repository id"},
+                "hub": dict(
+                    _NAME,
+                    description="v1.1: the hub serving this repository, by inventory name; only that hub's receipts "
+                    "confirm the snapshots claimed here",
+                ),
             },
         },
         "snapshot": {

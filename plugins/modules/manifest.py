@@ -27,18 +27,13 @@ author:
 requirements:
   - OpenSSH C(ssh-keygen) 8.1 or later on the host when the Python C(cryptography) package is absent
 extends_documentation_fragment:
+  - bkfleet.backup.attributes
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details:
       - Builds and validates the manifest and reports the sequence number it would get.
       - Signs nothing and changes no state.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   kind:
     description: What happened.

@@ -25,19 +25,14 @@ author:
 requirements:
   - C(bk-reporter) installed on the host
 extends_documentation_fragment:
+  - bkfleet.backup.attributes
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details:
       - Lists the keys in check mode too (it only reads).
       - In check mode a C(bk-reporter) that is missing or fails (the reporter is not installed yet) returns
         no keys and RV(listed=false) instead of failing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   cli:
     description: The C(bk-reporter) command, as a list (the program and any arguments before C(hosts)).

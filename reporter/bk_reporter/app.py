@@ -77,6 +77,13 @@ BodyReader = Callable[[int], Awaitable[bytes]]
 Answer = tuple[int, Any, list[tuple[bytes, bytes]]]
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A request turned away before its envelopes are looked at, with its answer."""
+
+    answer: Answer
+
+
 def _asgi_reader(scope: Scope, receive: Receive, timeout_seconds: int) -> BodyReader:
     async def read(limit: int) -> bytes:
         """The body, refused as soon as it is known to exceed `limit` (declared or counted)."""
@@ -174,34 +181,16 @@ class Reporter:
     # -- ingest ---------------------------------------------------------------------------
 
     async def ingest_single(self, read: BodyReader, client: str) -> Answer:
-        limited = self._rate_limited("single", client)
-        if limited is not None:
-            return limited
-        try:
-            body = await read(self.single_body_limit)
-        except _TooLarge as exc:
-            return self._counted("single", Outcome(413, "too_large", str(exc)))
-        except _SlowBody as exc:
-            return self._counted("single", Outcome(408, "body_timeout", str(exc)))
-        parsed = parse_json_body(body)
-        if isinstance(parsed, Outcome):
-            return self._counted("single", parsed)
+        parsed = await self._json_body("single", read, client, self.single_body_limit)
+        if isinstance(parsed, Refused):
+            return parsed.answer
         (outcome,) = await self.ingest.receive([parsed], client)
         return self._counted("single", outcome)
 
     async def ingest_batch(self, read: BodyReader, client: str) -> Answer:
-        limited = self._rate_limited("batch", client)
-        if limited is not None:
-            return limited
-        try:
-            body = await read(self.settings.max_batch_bytes)
-        except _TooLarge as exc:
-            return self._counted("batch", Outcome(413, "too_large", str(exc)))
-        except _SlowBody as exc:
-            return self._counted("batch", Outcome(408, "body_timeout", str(exc)))
-        parsed = parse_json_body(body)
-        if isinstance(parsed, Outcome):
-            return self._counted("batch", parsed)
+        parsed = await self._json_body("batch", read, client, self.settings.max_batch_bytes)
+        if isinstance(parsed, Refused):
+            return parsed.answer
         if not isinstance(parsed, list):
             return self._counted("batch", Outcome(400, "not_a_list", "a batch is a JSON list of envelopes"))
         if len(parsed) > self.settings.max_batch_items:
@@ -215,6 +204,22 @@ class Reporter:
             _log_outcome(outcome)
         log.info("batch", extra={"items": len(outcomes), "outcomes": by_code})
         return 200, [outcome.as_json() for outcome in outcomes], []
+
+    async def _json_body(self, endpoint: str, read: BodyReader, client: str, limit: int) -> Any:
+        """The request's JSON body, or the answer refusing it (rate limit, size, time, JSON)."""
+        limited = self._rate_limited(endpoint, client)
+        if limited is not None:
+            return Refused(limited)
+        try:
+            body = await read(limit)
+        except _TooLarge as exc:
+            return Refused(self._counted(endpoint, Outcome(413, "too_large", str(exc))))
+        except _SlowBody as exc:
+            return Refused(self._counted(endpoint, Outcome(408, "body_timeout", str(exc))))
+        parsed = parse_json_body(body)
+        if isinstance(parsed, Outcome):
+            return Refused(self._counted(endpoint, parsed))
+        return parsed
 
     def _rate_limited(self, endpoint: str, client: str) -> Answer | None:
         """429 before the body is read, when this client has used up its requests (ratelimit.py)."""

@@ -350,15 +350,18 @@ def extract_facts(doc: Mapping[str, Any]) -> Facts:
     repository = _section(doc, "repository")
     stats = _section(doc, "stats")
     kind = doc.get("kind")
+    snapshot_id = _text(_section(doc, "snapshot"), "id") if kind == "backup" else None
     lineage = None
     if kind == "hub-receipt":
         lineage = _receipt_lineage(doc)
     elif kind == "offsite-copy":
         lineage = _offsite_lineage(doc)
+    elif snapshot_id is not None and _text(repository, "hub") is not None:
+        lineage = ({"snapshot": snapshot_id, "hub": _text(repository, "hub")},)
     return Facts(
         repository_name=_text(repository, "name"),
         repository_url=_text(repository, "url"),
-        snapshot_id=_text(_section(doc, "snapshot"), "id") if kind == "backup" else None,
+        snapshot_id=snapshot_id,
         cadence_seconds=_count(doc, "cadence_seconds"),
         data_added=_count(stats, "data_added"),
         files_new=_count(stats, "files_new"),

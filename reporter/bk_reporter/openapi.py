@@ -233,6 +233,18 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _get_one(summary: str, operation_id: str, parameter: str, found: dict[str, Any], missing: str) -> dict[str, Any]:
+    """A GET of one thing named by a path parameter: 200 with it, 404 without."""
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": operation_id,
+            "parameters": [{"name": parameter, "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": found, "404": _json(ERROR, missing), "503": UNAVAILABLE},
+        }
+    }
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/api/v1/manifests": {
@@ -280,18 +292,13 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Fleet"), "The fleet."), "503": UNAVAILABLE},
             }
         },
-        "/api/v1/hosts/{host}": {
-            "get": {
-                "summary": "One host in detail",
-                "operationId": "getHost",
-                "parameters": [{"name": "host", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {
-                    "200": _json(_ref("HostDetail"), "The host."),
-                    "404": _json(ERROR, "No such host (neither enrolled nor reporting)."),
-                    "503": UNAVAILABLE,
-                },
-            }
-        },
+        "/api/v1/hosts/{host}": _get_one(
+            "One host in detail",
+            "getHost",
+            "host",
+            _json(_ref("HostDetail"), "The host."),
+            "No such host (neither enrolled nor reporting).",
+        ),
         "/api/v1/notifications": {
             "get": {
                 "summary": "Open alerts, the latest deliveries (route, outcome, error) and active silences",
@@ -332,18 +339,13 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
-        "/api/v1/events/{id}": {
-            "get": {
-                "summary": "One stored manifest, verbatim",
-                "operationId": "getEvent",
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {
-                    "200": _json(_ref("EventDetail"), "The event."),
-                    "404": _json(ERROR, "No such event."),
-                    "503": UNAVAILABLE,
-                },
-            }
-        },
+        "/api/v1/events/{id}": _get_one(
+            "One stored manifest, verbatim",
+            "getEvent",
+            "id",
+            _json(_ref("EventDetail"), "The event."),
+            "No such event.",
+        ),
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",

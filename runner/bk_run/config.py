@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bk_evidence.settings import NAME, ConfigError, Fields, read_config_file
 
@@ -30,6 +30,17 @@ def commands(fields: Fields, key: str) -> List[Command]:
     return list(value)
 
 
+def named_config(config_dir: str, folder: str, name: str, keys: Sequence[str], what: str) -> Fields:
+    """The fields of ``<config_dir>/<folder>/<name>.json``, whose own ``name`` must be ``name``."""
+    if not NAME.match(name):
+        raise ConfigError("%s %r must match %s" % (what, name, NAME.pattern))
+    path = os.path.join(config_dir, folder, name + ".json")
+    fields = Fields(read_config_file(path), path, keys)
+    if fields.name("name") != name:
+        raise ConfigError("%s: name %r does not match the file name" % (path, fields.raw.get("name")))
+    return fields
+
+
 class Repository:
     """A restic repository: a label and the files holding its location and password."""
 
@@ -37,6 +48,8 @@ class Repository:
         self.name = fields.name("name")
         self.repository_file: str = fields.get("repository_file", str, required=True)
         self.password_file: str = fields.get("password_file", str, required=True)
+        # The hub that serves this repository, named in manifests so that only its receipts count.
+        self.hub: Optional[str] = fields.get("hub", str)
 
     def location(self) -> str:
         """The repository URL, credentials included (never record it as is)."""
@@ -107,13 +120,9 @@ class Job:
     )
 
     def __init__(self, config_dir: str, name: str) -> None:
-        if not NAME.match(name):
-            raise ConfigError("job name %r must match %s" % (name, NAME.pattern))
-        path = os.path.join(config_dir, "jobs", name + ".json")
-        fields = Fields(read_config_file(path), path, self.KEYS)
-        self.name = fields.name("name")
-        if self.name != name:
-            raise ConfigError("%s: name %r does not match the file name" % (path, self.name))
+        fields = named_config(config_dir, "jobs", name, self.KEYS, "job name")
+        path = fields.where
+        self.name = name
         self.paths = fields.strings("paths")
         self.exclude = fields.strings("exclude")
         self.exclude_file: Optional[str] = fields.get("exclude_file", str)
@@ -284,13 +293,9 @@ class Offsite:
     )
 
     def __init__(self, config_dir: str, state_dir: str, destination: str) -> None:
-        if not NAME.match(destination):
-            raise ConfigError("destination %r must match %s" % (destination, NAME.pattern))
-        path = os.path.join(config_dir, "offsite", destination + ".json")
-        fields = Fields(read_config_file(path), path, self.KEYS)
-        self.name = fields.name("name")
-        if self.name != destination:
-            raise ConfigError("%s: name %r does not match the file name" % (path, self.name))
+        fields = named_config(config_dir, "offsite", destination, self.KEYS, "destination")
+        path = fields.where
+        self.name = destination
         self.source_dir: str = fields.get("source_dir", str, required=True)
         self.remote: str = fields.get("remote", str, required=True)
         self.rclone_config: Optional[str] = fields.get("rclone_config", str)

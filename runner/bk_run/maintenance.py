@@ -85,9 +85,21 @@ def _record_forget(
     common_tools: Dict[str, str],
 ) -> None:
     outcome.sections.setdefault("forget", {"policy": repository.policy, "group_by": repository.group_by})
+    _record(settings, repository, recorder, common_tools, kind="forget", outcome=outcome)
+
+
+def _record(
+    settings: Settings,
+    repository: MaintainedRepository,
+    recorder: Recorder,
+    common_tools: Dict[str, str],
+    *,
+    kind: str,
+    outcome: Outcome,
+) -> None:
     record_for_repository(
         recorder,
-        "forget",
+        kind,
         outcome=outcome,
         settings=settings,
         repository=repository,
@@ -139,13 +151,5 @@ def _forget_and_prune(
         output = completed.stdout + completed.stderr
         prune.fail(Problem("restic prune exited %d" % completed.exit_code, completed.exit_code, output))
     prune.finish(utc_now())
-    record_for_repository(
-        recorder,
-        "prune",
-        outcome=prune,
-        settings=settings,
-        repository=repository,
-        common=_common(repository, common_tools),
-        secrets=repository.secrets(),
-    )
+    _record(settings, repository, recorder, common_tools, kind="prune", outcome=prune)
     return [forget.status, prune.status]

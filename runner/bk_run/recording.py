@@ -83,8 +83,10 @@ class ResticVersions:
 
 
 def repository_section(settings: Settings, repository: Repository) -> Dict[str, Any]:
-    """``{name, url, id}``: the location without credentials and restic's repository id."""
+    """``{name, url, id, hub}``: the location without credentials, restic's repository id, its hub."""
     section: Dict[str, Any] = {"name": repository.name}
+    if repository.hub:
+        section["hub"] = repository.hub
     try:
         section["url"] = strip_url_credentials(repository.location())
     except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from bk_evidence import manifest as bk_manifest
 from bk_reporter import db
@@ -253,6 +255,110 @@ def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
     assert lineage["offsite_destination_names"] == ["b2"]
     (snap,) = client.get("/api/v1/hosts/web1").json()["snapshots"]
     assert (snap["snapshot_id"], snap["received"], snap["offsite_destinations"]) == (snapshot, True, ["b2"])
+
+
+def _receipt(hub: SigningHost, directory: str, snapshot: str) -> dict[str, str]:
+    return hub.envelope(
+        kind="hub-receipt",
+        job=None,
+        snapshot=None,
+        stats=None,
+        cadence_seconds=None,
+        repository={"name": directory},
+        receipt={"snapshots": [{"id": snapshot, "size": 512, "arrived_at": "2026-01-01T00:00:00Z"}]},
+    )
+
+
+def test_only_the_named_hub_confirms_a_claim_from_the_hosts_own_directory(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
+) -> None:
+    # hub2 is enrolled and signs honestly-formed receipts, but web1's backups go to hub1.
+    hub1, hub2 = (SigningHost(name, make_key(tmp_path, name)) for name in ("hub1", "hub2"))
+    for hub in (hub1, hub2):
+        enroll(reporter.database.owner_url, hub)
+    snapshot = "cd" * 32
+    repository = {"name": "hub", "url": "rest:https://hub1:8000/web1/", "hub": "hub1"}
+    # The rogue receipt arrives first, before the claim it would pre-empt.
+    assert post_all(client, [_receipt(hub2, "web1", snapshot)]) == [201]
+    claim = web1.envelope(snapshot={"id": snapshot}, repository=repository, ago=timedelta(hours=4))
+    assert post_all(client, [claim]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
+    # The right hub, but another client's directory.
+    assert post_all(client, [_receipt(hub1, "db1", snapshot)]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
+    (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
+    assert (lineage["received"], lineage["hub_host"]) == (False, None)
+
+    assert post_all(client, [_receipt(hub1, "web1", snapshot)]) == [201]
+    assert fleet(client)[("web1", "home", "backup")] == "ok"
+    (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
+    assert (lineage["received"], lineage["hub_host"], lineage["hub_repository"]) == (True, "hub1", "web1")
+    kept = query(reporter.database.owner_url, "SELECT hub_host, hub_repository FROM snapshot_receipts ORDER BY 1, 2")
+    expected = [("hub1", "db1"), ("hub1", "web1"), ("hub2", "web1")]
+    assert [(row["hub_host"], row["hub_repository"]) for row in kept] == expected
+
+
+def test_a_receipt_before_the_claim_is_shown_then_dropped_when_the_claim_names_another_hub(
+    client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
+) -> None:
+    hub2 = SigningHost("hub2", make_key(tmp_path, "hub2"))
+    enroll(reporter.database.owner_url, hub2)
+    snapshot = "ef" * 32
+    assert post_all(client, [_receipt(hub2, "web1", snapshot)]) == [201]
+    (seen,) = query(reporter.database.owner_url, "SELECT host, received, hub_host FROM snapshot_lineage")
+    assert (seen["host"], seen["received"], seen["hub_host"]) == (None, True, "hub2")
+    repository = {"name": "hub", "url": "rest:https://hub1:8000/web1/", "hub": "hub1"}
+    assert post_all(client, [web1.envelope(snapshot={"id": snapshot}, repository=repository)]) == [201]
+    (claimed,) = query(reporter.database.owner_url, "SELECT host, received, hub_host FROM snapshot_lineage")
+    assert (claimed["host"], claimed["received"], claimed["hub_host"]) == ("web1", False, None)
+
+
+def _stored_before_migration(conn: psycopg.Connection, host: str, seq: int, kind: str, **columns: object) -> None:
+    """An event row as an older reporter stored it (columns only; the derive triggers of that schema run)."""
+    row = {
+        "id": uuid.uuid4(),
+        "host": host,
+        "seq": seq,
+        "sha256": f"{seq:064x}",
+        "kind": kind,
+        "status": "success",
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z",
+        "key_fingerprint": "SHA256:x",
+        "manifest": "{}",
+        "signature": "-",
+        **columns,
+    }
+    names = ", ".join(row)
+    conn.execute(f"INSERT INTO events ({names}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values()))
+
+
+def test_migrating_to_per_hub_receipts_keeps_every_receipt_and_unconfirms_a_wrong_directory(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in db.available_migrations():
+            if migration.version < 14:
+                conn.execute(migration.sql)
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (migration.version, migration.name))
+        good, wrong = "aa" * 32, "bb" * 32
+        _stored_before_migration(conn, "web1", 1, "backup", snapshot_id=good, job="home")
+        _stored_before_migration(conn, "web1", 2, "backup", snapshot_id=wrong, job="home")
+        receipt = [{"snapshot": good}, {"snapshot": wrong}]
+        _stored_before_migration(conn, "hub1", 1, "hub-receipt", repository_name="web1", lineage=Jsonb(receipt[:1]))
+        _stored_before_migration(conn, "hub1", 2, "hub-receipt", repository_name="db1", lineage=Jsonb(receipt[1:]))
+        before = conn.execute("SELECT snapshot_id, receipt_event_id IS NOT NULL FROM snapshots ORDER BY 1").fetchall()
+        assert before == [(good, True), (wrong, True)]
+    db.migrate(pg_url, "bk_reporter_app")
+    lineage = query(pg_url, "SELECT snapshot_id, received, hub_repository FROM snapshot_lineage ORDER BY 1")
+    assert [(row["snapshot_id"], row["received"], row["hub_repository"]) for row in lineage] == [
+        (good, True, "web1"),
+        (wrong, False, None),
+    ]
+    kept = query(pg_url, "SELECT snapshot_id, hub_repository FROM snapshot_receipts ORDER BY 1")
+    assert [(row["snapshot_id"], row["hub_repository"]) for row in kept] == [(good, "web1"), (wrong, "db1")]
 
 
 # -- reading -------------------------------------------------------------------------------------

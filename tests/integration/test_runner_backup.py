@@ -89,6 +89,13 @@ def test_second_backup_chains_and_counts_changes(host: RunnerHost, reporter: Fak
 UNREACHABLE: list[Callable[[], AbstractContextManager[str]]] = [refusing_port, silent_listener, dropping_listener]
 
 
+def test_a_repository_on_a_hub_names_that_hub_in_the_manifest(host: RunnerHost, reporter: FakeReporter) -> None:
+    host.job(repositories=[dict(host.repository_entry(), hub="nas")])
+    assert host.run("backup", "home").returncode == 0
+    (doc,) = reporter.manifests()
+    assert (doc["repository"]["name"], doc["repository"]["hub"]) == ("local", "nas")
+
+
 @pytest.mark.parametrize("endpoint", UNREACHABLE, ids=["refused", "silent", "dropping"])
 def test_unreachable_reporter_changes_nothing_but_the_spool(host: RunnerHost, endpoint: Callable) -> None:
     with endpoint() as url:

@@ -46,6 +46,15 @@ def test_each_hub_serves_and_maintains_only_the_clients_naming_it(tmp_path: Path
     assert policies["hub-b"]["db1"] == {"keep_last": 20}
 
 
+def test_each_client_uses_the_hub_that_serves_it(tmp_path: Path) -> None:
+    rendered = _render(tmp_path)
+    uses = {name.removesuffix(".hub.json"): hub for name, hub in rendered.items() if name.endswith(".hub.json")}
+    assert uses == {"web1": "hub-a", "db1": "hub-b", "laptop": "hub-b", "unassigned": ""}
+    for client, hub in uses.items():
+        serving = [name for name, clients in rendered.items() if name.endswith(".clients.json") and client in clients]
+        assert serving == ([f"{hub}.clients.json"] if hub else []), client
+
+
 def test_a_client_naming_no_hub_is_served_by_none_of_several(tmp_path: Path) -> None:
     rendered = _render(tmp_path)
     assert not any("unassigned" in clients for name, clients in rendered.items() if name.endswith(".clients.json"))

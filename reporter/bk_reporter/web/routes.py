@@ -108,55 +108,64 @@ async def _load(request: Request, load: Loader) -> Any:
         return await load(conn)
 
 
-async def overview(request: Request) -> Response:
+# (title, message) of the 404 a page answers when its loader finds nothing.
+NotFound = tuple[str, str]
+
+
+async def _page(
+    request: Request,
+    template: str,
+    parse: Callable[[], Any],
+    load: Callable[[Any, Any], Awaitable[Any]],
+    not_found: NotFound | None = None,
+) -> Response:
+    """Parse the request (400 when unusable), load in one snapshot, render (404 when nothing)."""
     timer = _Timer()
     try:
-        filters = pages.Filters.from_query(request.query_params)
+        arguments = parse()
     except pages.BadRequest as exc:
         return _problem(400, "Bad request", str(exc), timer)
-    context = await _load(request, lambda conn: pages.overview(conn, filters))
+    context = await _load(request, lambda conn: load(conn, arguments))
     timer.database_done()
-    return _render("overview.html", context, timer)
+    if context is None and not_found is not None:
+        return _problem(404, *not_found, timer)
+    return _render(template, context, timer)
+
+
+async def overview(request: Request) -> Response:
+    return await _page(request, "overview.html", lambda: pages.Filters.from_query(request.query_params), pages.overview)
 
 
 async def host(request: Request) -> Response:
-    timer = _Timer()
     name = request.path_params["host"]
-    try:
-        before = pages.Cursor.parse(request.query_params.get("before"))
-    except pages.BadRequest as exc:
-        return _problem(400, "Bad request", str(exc), timer)
-    context = None
-    if "\x00" not in name and len(name) <= pages.MAX_TEXT:
-        context = await _load(request, lambda conn: pages.host_page(conn, name, before))
-    timer.database_done()
-    if context is None:
-        return _problem(404, "No such host", f"{name!r} is neither enrolled nor reporting.", timer)
-    return _render("host.html", context, timer)
+    missing = ("No such host", f"{name!r} is neither enrolled nor reporting.")
+    if "\x00" in name or len(name) > pages.MAX_TEXT:
+        return _problem(404, *missing, _Timer())
+    return await _page(
+        request,
+        "host.html",
+        lambda: pages.Cursor.parse(request.query_params.get("before")),
+        lambda conn, before: pages.host_page(conn, name, before),
+        missing,
+    )
 
 
 async def overdue(request: Request) -> Response:
-    timer = _Timer()
-    try:
-        page = pages.page_number(request.query_params)
-    except pages.BadRequest as exc:
-        return _problem(400, "Bad request", str(exc), timer)
-    context = await _load(request, lambda conn: pages.overdue_page(conn, page))
-    timer.database_done()
-    return _render("overdue.html", context, timer)
+    return await _page(request, "overdue.html", lambda: pages.page_number(request.query_params), pages.overdue_page)
 
 
 async def event(request: Request) -> Response:
-    timer = _Timer()
     try:
         event_id = uuid.UUID(request.path_params["id"])
     except ValueError:
-        return _problem(404, "No such event", "That is not an event id.", timer)
-    context = await _load(request, lambda conn: pages.event_page(conn, event_id))
-    timer.database_done()
-    if context is None:
-        return _problem(404, "No such event", "No event with this id is stored.", timer)
-    return _render("event.html", context, timer)
+        return _problem(404, "No such event", "That is not an event id.", _Timer())
+    return await _page(
+        request,
+        "event.html",
+        lambda: event_id,
+        pages.event_page,
+        ("No such event", "No event with this id is stored."),
+    )
 
 
 def page_routes() -> list[BaseRoute]:
