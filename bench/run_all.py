@@ -9,8 +9,10 @@ Stages, one after the other (each figure is a ratio against a baseline measured 
 3. bench/ingest.py    single, batch and open-loop ingest vs the raw insert rate (its own printed output)
 4. bench/ui.py        overview and host page at 100,000 vs 10,000,000 events (its own printed output);
                       the databases are cached in --ui-dir (loaded once, reused while present)
-5. converge           first and second site.yml run: only with --with-lab (starts the lab with
-                      scripts/lab.sh up and runs site.yml twice) or from a log given with
+5. converge           first and second site.yml run: only with --with-lab (fresh lab fleets of 4 and
+                      12 hosts, --converge-hosts to change, on the network bk-bench; site.yml twice
+                      on each, wall time and controller CPU; tens of minutes on 2 shared cores, hence
+                      the flag) or from a log given with
                       --converge-log (a molecule or ansible-playbook log with the two PLAY RECAPs);
                       otherwise the document says it was not measured.
 
@@ -34,9 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import lab_fleet
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The converge fleets: names and a network of their own, apart from the demo's lab and molecule's.
+CONVERGE_PREFIX = "bench-"
+CONVERGE_NETWORK = "bk-bench"
+CONVERGE_STATE = ".cache/bench/lab"
 RECAP_HOST = re.compile(r"^\W*(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 
 
@@ -181,36 +189,62 @@ def converge_from_log(path: Path) -> dict[str, object]:
     }
 
 
-def converge_with_lab() -> dict[str, object]:
-    """scripts/lab.sh up, then site.yml twice against the lab, each timed."""
-    subprocess.run(["scripts/lab.sh", "up"], cwd=REPO, check=True)
-    inventory = ["-i", "tests/lab/inventory.yml"]
-    if (REPO / ".cache" / "lab" / "ssh-inventory.yml").exists():
-        inventory += ["-i", ".cache/lab/ssh-inventory.yml"]
-    runs = []
-    for _index in range(2):
-        started = time.monotonic()
-        load_start = load()
-        completed = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "ansible-playbook"), *inventory, "playbooks/site.yml"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        found = recaps(completed.stdout)
-        runs.append(
-            {
-                "seconds": time.monotonic() - started,
-                "exit": completed.returncode,
-                "recap": found[-1] if found else None,
-                "load": [load_start, load()],
-            }
-        )
+def site_run(inventory: list[str]) -> dict[str, object]:
+    """One timed site.yml run: wall seconds, the controller's CPU seconds, the recap, the load."""
+    load_start = load()
+    before = os.times()
+    started = time.monotonic()
+    completed = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ansible-playbook"), *inventory, "playbooks/site.yml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    found = recaps(completed.stdout)
+    return {
+        "seconds": seconds,
+        "controller_cpu": cpu,
+        "exit": completed.returncode,
+        "recap": found[-1] if found else None,
+        "load": [load_start, load()],
+    }
+
+
+def converge_fleet(hosts: int) -> dict[str, object]:
+    """A fresh lab fleet of HOSTS hosts on a network of its own, site.yml twice, the fleet removed."""
+    inventory_file = REPO / ".cache" / "bench" / f"converge-{hosts}.yml"
+    inventory_file.parent.mkdir(parents=True, exist_ok=True)
+    fleet = lab_fleet.fleet(hosts, CONVERGE_PREFIX)
+    inventory_file.write_text(json.dumps(fleet, indent=1) + "\n")
+    names = lab_fleet.names(fleet)
+    env = dict(
+        os.environ,
+        BK_LAB_NETWORK=CONVERGE_NETWORK,
+        BK_LAB_STATE=CONVERGE_STATE,
+        BK_LAB_DEBIAN12_HOSTS=CONVERGE_PREFIX + "client1",
+    )
+    lab = [str(REPO / "scripts" / "lab.sh")]
+    subprocess.run([*lab, "down", *names], cwd=REPO, env=env, check=True)
+    subprocess.run([*lab, "up", *names], cwd=REPO, env=env, check=True)
+    try:
+        inventory = ["-i", str(inventory_file), "-i", str(REPO / CONVERGE_STATE / "ssh-inventory.yml")]
+        runs = [site_run(inventory) for _index in range(2)]
+    finally:
+        subprocess.run([*lab, "down", *names], cwd=REPO, env=env, check=False)
+    return {"hosts": hosts, "runs": runs}
+
+
+def converge_with_lab(sizes: list[int]) -> dict[str, object]:
+    """First and second site.yml on a fresh lab fleet of each size, one size after the other."""
     return {
         "source": "this run (--with-lab)",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "runs": runs,
+        "forks": os.environ.get("ANSIBLE_FORKS", "5 (Ansible's default)"),
+        "fleets": [converge_fleet(hosts) for hosts in sizes],
     }
 
 
@@ -409,23 +443,36 @@ def _shown_word(word: str) -> str:
     return "FILE" if word.startswith(tempfile.gettempdir() + "/") else word
 
 
+def converge_fleets_section(converge: dict) -> list[str]:
+    rows = []
+    for fleet in converge["fleets"]:
+        for name, run in zip(("first", "second"), fleet["runs"], strict=True):
+            rows.append(
+                f"| {fleet['hosts']} | {name} | {run['seconds']:.1f} | {run['controller_cpu']:.1f} | {run['exit']} "
+                f"| {changed_total(run['recap'])} | {run['load'][0]} / {run['load'][1]} |"
+            )
+    lines = [
+        f"Source: {converge['source']}, {converge['date']}; forks {converge['forks']}. Each fleet is started fresh "
+        "(scripts/lab.sh, bench/lab_fleet.py: the lab inventory plus clients shaped like client1) and removed after.",
+        "",
+        "| hosts | run | wall s | controller CPU s | exit | changed (total, per host) | load start / end |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    by_size = {fleet["hosts"]: fleet["runs"] for fleet in converge["fleets"]}
+    if len(by_size) > 1:
+        small, large = min(by_size), max(by_size)
+        for index, name in enumerate(("first", "second")):
+            ratio = by_size[large][index]["seconds"] / by_size[small][index]["seconds"]
+            lines.append(f"{'' if index else chr(10)}Ratio {large} / {small} hosts, {name} run: **{ratio:.2f}**.")
+    return lines
+
+
 def converge_section(converge: dict | None, reason: str) -> list[str]:
     if converge is None:
         return [f"**Not measured in this run.** {reason}"]
-    if "runs" in converge:
-        first, second = converge["runs"]
-        return [
-            f"Source: {converge['source']}, {converge['date']}.",
-            "",
-            "| run | wall s | exit | changed (total, per host) | load start / end |",
-            "|---|---|---|---|---|",
-            f"| first `site.yml` | {first['seconds']:.1f} | {first['exit']} | {changed_total(first['recap'])} "
-            f"| {first['load'][0]} / {first['load'][1]} |",
-            f"| second `site.yml` | {second['seconds']:.1f} | {second['exit']} | {changed_total(second['recap'])} "
-            f"| {second['load'][0]} / {second['load'][1]} |",
-            "",
-            f"Ratio second / first: {second['seconds'] / first['seconds']:.2f}.",
-        ]
+    if "fleets" in converge:
+        return converge_fleets_section(converge)
     durations = converge["durations"]
     return [
         f"Source: the log `{converge['source']}` (last written {converge['date']}), not this run: "
@@ -580,7 +627,12 @@ def main() -> int:
     parser.add_argument("--ui-dir", type=Path, default=REPO / ".cache" / "bench" / "ui", help="cached UI databases")
     parser.add_argument("--ui-events", type=int, action="append", help="default: 100000 and 10000000")
     parser.add_argument("--ingest-args", default="", help="extra arguments for bench/ingest.py")
-    parser.add_argument("--with-lab", action="store_true", help="start the lab (scripts/lab.sh up), site.yml twice")
+    parser.add_argument(
+        "--with-lab", action="store_true", help="converge fresh lab fleets (see --converge-hosts), site.yml twice each"
+    )
+    parser.add_argument(
+        "--converge-hosts", type=int, action="append", help="lab fleet sizes for --with-lab (default: 4 and 12)"
+    )
     parser.add_argument("--converge-log", type=Path, help="take converge figures from this molecule/ansible log")
     parser.add_argument("--skip", action="append", default=[], choices=["evidence", "callback", "ingest", "ui"])
     parser.add_argument("--note", action="append", default=[], help="a line for the Notes section")
@@ -600,11 +652,12 @@ def main() -> int:
 
     converge = None
     reason = (
-        "Run with `--with-lab` (starts the lab fleet, runs site.yml twice) or `--converge-log FILE` (a molecule "
+        "Run with `--with-lab` (fresh lab fleets of 4 and 12 hosts, site.yml twice on each: tens of minutes) "
+        "or `--converge-log FILE` (a molecule "
         "log) to include it; the lab belongs to the end-to-end work and was not started by this benchmark."
     )
     if args.with_lab:
-        converge = converge_with_lab()
+        converge = converge_with_lab(args.converge_hosts or [4, 12])
     elif args.converge_log:
         converge = converge_from_log(args.converge_log)
     notes = [f"- {note}" for note in args.note]

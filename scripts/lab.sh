@@ -12,6 +12,8 @@
 # .cache/lab/ssh-inventory.yml: add it after tests/lab/inventory.yml
 # (`-i tests/lab/inventory.yml -i .cache/lab/ssh-inventory.yml`) to reach the
 # hosts over SSH with pipelining, many times faster than `podman exec`.
+# BK_LAB_STATE (default .cache/lab) holds that key and inventory: a second fleet
+# on a network of its own (bench/run_all.py's converge fleets) keeps its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,7 @@ cd "$(dirname "$0")/.."
 # fleets upgrade host by host. BK_LAB_IMAGE puts every host on one image instead.
 read -r -a DEBIAN12_HOSTS <<<"${BK_LAB_DEBIAN12_HOSTS-client1}"
 NETWORK=${BK_LAB_NETWORK:-bk-lab}
+STATE=${BK_LAB_STATE:-.cache/lab}
 read -r -a DEFAULT_HOSTS <<<"${BK_LAB_HOSTS:-hub reporter client1 client2}"
 RUN_FLAGS=(
   --runtime runc
@@ -104,7 +107,7 @@ down() {
     [ -z "$(podman ps -a --filter "network=$NETWORK" --format '{{.Names}}')" ]; then
     say "removing network $NETWORK"
     podman network rm "$NETWORK" >/dev/null
-    rm -f .cache/lab/ssh-inventory.yml
+    rm -f "$STATE/ssh-inventory.yml"
   elif podman network exists "$NETWORK"; then
     write_hosts
     write_ssh_access
@@ -114,7 +117,7 @@ down() {
 # SSH access for Ansible: a lab-only key, and an inventory fragment with each
 # host's address (host keys change with every container: not pinned).
 write_ssh_access() {
-  local dir=.cache/lab host address
+  local dir=$STATE host address
   mkdir -p "$dir"
   [ -f "$dir/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C bk-lab -f "$dir/id_ed25519"
   {

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import read_state
 from support.keys import make_key, public_line
-from support.tools import LOCAL_PLAYBOOK
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_playbook(tmp_path: Path, tasks: list[dict], *options: str) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".cache" / "collections"),
-        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    return subprocess.run(
-        [*LOCAL_PLAYBOOK, *options, str(playbook)], env=env, capture_output=True, text=True, check=False
-    )
+from support.playbooks import run_playbook
 
 
 def save(name: str, path: Path) -> dict:

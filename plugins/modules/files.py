@@ -1,0 +1,202 @@
+#!/usr/bin/python
+# Copyright: bk developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402  (Ansible wants the imports below DOCUMENTATION, EXAMPLES and RETURN)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: files
+short_description: Put a set of directories and small files in place, in one module run
+version_added: "0.1.0"
+description:
+  - Creates each directory and writes each file of O(files) whose content, mode, owner or group
+    differ, and reports which paths it changed. A file is replaced atomically (a temporary file in the same
+    directory, renamed over it).
+  - One run of this module costs what one M(ansible.builtin.copy) of one file costs; a loop of
+    M(ansible.builtin.template) or M(ansible.builtin.copy) costs that per item. The content is
+    rendered on the controller (a C(template) lookup) and travels in the module's arguments, so the module is meant
+    for configuration files and units, not for large files.
+  - Removes nothing.
+author:
+  - bk developers (@bkfleet)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    support: full
+    platforms: posix
+options:
+  files:
+    description: The directories and files.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      state:
+        description:
+          - V(file) writes O(files[].content); its directory must exist.
+          - V(directory) creates a directory, and its missing parents with the same mode and owner (as
+            M(ansible.builtin.file) does).
+        type: str
+        choices: [file, directory]
+        default: file
+      content:
+        description: The file's content (required for V(file)).
+        type: str
+      mode:
+        description: Octal mode, as a string.
+        type: str
+        default: "0644"
+      owner:
+        description: Owning user.
+        type: str
+        default: root
+      group:
+        description: Owning group.
+        type: str
+        default: root
+"""
+
+EXAMPLES = r"""
+- name: Create bk's directories and write its configuration
+  bkfleet.backup.files:
+    files:
+      - { path: /etc/bk, state: directory, mode: "0755" }
+      - { path: /etc/bk/bk.json, content: "{{ settings | to_nice_json }}\n" }
+      - { path: /etc/bk/job.json, content: "{{ lookup('ansible.builtin.template', 'job.json.j2') }}", mode: "0600" }
+"""
+
+RETURN = r"""
+changed_paths:
+  description: The paths created or changed (in check mode, those that would be), in the order given.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/systemd/system/bk-flush.service]
+"""
+
+import grp
+import os
+import pwd
+import stat
+from typing import Any, Dict, List, Optional
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.bkfleet.backup.plugins.module_utils.files import atomic_write
+
+ENTRY = {
+    "path": {"type": "path", "required": True},
+    "state": {"type": "str", "choices": ["file", "directory"], "default": "file"},
+    "content": {"type": "str", "no_log": False},
+    "mode": {"type": "str", "default": "0644"},
+    "owner": {"type": "str", "default": "root"},
+    "group": {"type": "str", "default": "root"},
+}
+
+
+def current(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def read(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def missing_directories(path: str) -> List[str]:
+    """PATH and its parents that do not exist, outermost first."""
+    missing: List[str] = []
+    while current(path) is None:
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def wanted_ids(entry: Dict[str, Any]) -> tuple:
+    return pwd.getpwnam(entry["owner"]).pw_uid, grp.getgrnam(entry["group"]).gr_gid
+
+
+def attributes_differ(found: os.stat_result, mode: int, uid: int, gid: int) -> bool:
+    return stat.S_IMODE(found.st_mode) != mode or found.st_uid != uid or found.st_gid != gid
+
+
+def put(entry: Dict[str, Any], check: bool, diffs: List[Dict[str, str]]) -> bool:
+    """Brings one path to its wanted state; True when it changed (or would, in check mode)."""
+    path, mode = entry["path"], int(entry["mode"], 8)
+    uid, gid = wanted_ids(entry)
+    found = current(path)
+    if entry["state"] == "directory":
+        if found is not None and not stat.S_ISDIR(found.st_mode):
+            raise ValueError(f"{path} exists and is not a directory")
+        changed = found is None or attributes_differ(found, mode, uid, gid)
+        if changed and not check:
+            for directory in missing_directories(path):
+                os.mkdir(directory, mode)
+                os.chown(directory, uid, gid)
+                os.chmod(directory, mode)
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+        return changed
+    if entry["content"] is None:
+        raise ValueError(f"{path}: a file needs content")
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        raise ValueError(f"{path} exists and is not a regular file")
+    data = entry["content"].encode("utf-8")
+    before = read(path) if found is not None else None
+    content_differs = before != data
+    changed = found is None or content_differs or attributes_differ(found, mode, uid, gid)
+    if content_differs:
+        diffs.append(
+            {
+                "before_header": path,
+                "after_header": path,
+                "before": (before or b"").decode("utf-8", "replace"),
+                "after": entry["content"],
+            }
+        )
+    if changed and not check:
+        if content_differs:
+            atomic_write(path, data, mode)
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    return changed
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={"files": {"type": "list", "elements": "dict", "required": True, "options": ENTRY}},
+        supports_check_mode=True,
+    )
+    changed_paths: List[str] = []
+    diffs: List[Dict[str, str]] = []
+    for entry in module.params["files"]:
+        try:
+            if put(entry, module.check_mode, diffs):
+                changed_paths.append(entry["path"])
+        except (OSError, KeyError, ValueError) as error:
+            module.fail_json(msg=f"{entry['path']}: {error}", changed_paths=changed_paths)
+    result: Dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths}
+    if module._diff:
+        result["diff"] = diffs
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

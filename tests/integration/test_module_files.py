@@ -1,0 +1,85 @@
+"""The bkfleet.backup.files module, run by ansible-playbook on localhost: one run puts every directory and
+file in place, check mode writes nothing, a second run changes nothing, and drifted modes are put back."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from support.playbooks import run_playbook
+
+
+def put(tmp_path: Path, files: list[dict], *options: str) -> dict:
+    """The module's result for FILES, saved by the play and read back."""
+    result = tmp_path / "result.json"
+    tasks = [
+        {"bkfleet.backup.files": {"files": files}, "register": "put"},
+        {
+            "ansible.builtin.copy": {"content": "{{ put | to_json }}", "dest": str(result), "mode": "0600"},
+            "check_mode": False,
+        },
+    ]
+    played = run_playbook(tmp_path, tasks, *options)
+    assert played.returncode == 0, played.stdout + played.stderr
+    return json.loads(result.read_text())
+
+
+def wanted(root: Path) -> list[dict]:
+    return [
+        {"path": str(root / "etc" / "bk"), "state": "directory", "mode": "0750"},
+        {"path": str(root / "etc" / "bk" / "bk.json"), "content": '{"host": "web1"}\n'},
+        {"path": str(root / "etc" / "bk" / "secret"), "content": "s3cret\n", "mode": "0600"},
+    ]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_one_run_creates_directories_with_their_parents_and_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result = put(tmp_path, wanted(root))
+    assert result["changed"] is True
+    assert result["changed_paths"] == [entry["path"] for entry in wanted(root)]
+    # Missing parents get the directory's own mode, as ansible.builtin.file gives them.
+    assert mode(root) == 0o750 and mode(root / "etc") == 0o750 and mode(root / "etc" / "bk") == 0o750
+    assert (root / "etc" / "bk" / "bk.json").read_text() == '{"host": "web1"}\n'
+    assert mode(root / "etc" / "bk" / "bk.json") == 0o644
+    assert mode(root / "etc" / "bk" / "secret") == 0o600
+
+
+def test_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(tmp_path, wanted(root))
+    again = put(tmp_path, wanted(root))
+    assert again["changed"] is False
+    assert again["changed_paths"] == []
+
+
+def test_check_mode_reports_the_changes_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result = put(tmp_path, wanted(root), "--check", "--diff")
+    assert result["changed_paths"] == [entry["path"] for entry in wanted(root)]
+    assert not root.exists()
+    assert [diff["after"] for diff in result["diff"]] == ['{"host": "web1"}\n', "s3cret\n"]
+
+
+def test_changed_content_and_drifted_modes_are_put_back(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(tmp_path, wanted(root))
+    config = root / "etc" / "bk" / "bk.json"
+    config.write_text("{}\n")
+    (root / "etc" / "bk" / "secret").chmod(0o644)
+    result = put(tmp_path, wanted(root))
+    assert result["changed_paths"] == [str(config), str(root / "etc" / "bk" / "secret")]
+    assert config.read_text() == '{"host": "web1"}\n'
+    assert mode(root / "etc" / "bk" / "secret") == 0o600
+
+
+def test_a_path_of_the_wrong_kind_fails_naming_it(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file\n")
+    played = run_playbook(tmp_path, [{"bkfleet.backup.files": {"files": [{"path": str(taken), "state": "directory"}]}}])
+    assert played.returncode != 0
+    assert f"{taken} exists and is not a directory" in played.stdout

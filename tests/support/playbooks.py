@@ -1,0 +1,28 @@
+"""A playbook of the given tasks, run by ansible-playbook on localhost with the collection of this tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from support.tools import LOCAL_PLAYBOOK
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_playbook(tmp_path: Path, tasks: list[dict], *options: str) -> subprocess.CompletedProcess:
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".cache" / "collections"),
+        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    return subprocess.run(
+        [*LOCAL_PLAYBOOK, *options, str(playbook)], env=env, capture_output=True, text=True, check=False
+    )
