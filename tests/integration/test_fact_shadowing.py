@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from support.playbooks import play
+
 HERE = Path(__file__).parent / "fact_shadowing"
 
 
@@ -41,22 +43,8 @@ def _render(
         lie_file = tmp_path / "lie.json"
         lie_file.write_text(json.dumps(lie))
         env["BK_LIE_FILE"] = str(lie_file)
-    playbook = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            str(HERE / "inventory.yml"),
-            str(HERE / "render.yml"),
-            "-e",
-            f"bk_out={out}",
-            "-e",
-            f"bk_guard={guard}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
+    playbook = play(
+        HERE / "inventory.yml", HERE / "render.yml", "-e", f"bk_out={out}", "-e", f"bk_guard={guard}", env=env
     )
     return playbook.returncode, playbook.stdout + playbook.stderr, out
 

@@ -18,6 +18,7 @@ from bk_reporter.notify.cli import TUNABLES
 from bk_reporter.notify.evaluator import evaluate_once
 from bk_reporter.notify.lifecycle import Policy
 from support.keys import make_key
+from support.playbooks import play
 from support.reporters import LiveReporter, ReporterDatabase, enroll
 from support.signing_hosts import SigningHost, rfc3339
 from support.tools import BK_REPORTER
@@ -83,15 +84,7 @@ def test_a_snapshot_not_offsite_within_cadence_times_factor_fires_offsite_late_a
 
 
 def _render(out: Path) -> None:
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
-    played = subprocess.run(
-        ["ansible-playbook", "-i", str(HERE / "inventory.yml"), str(HERE / "render.yml"), "-e", f"bk_out={out}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    played = play(HERE / "inventory.yml", HERE / "render.yml", "-e", f"bk_out={out}")
     assert played.returncode == 0, played.stdout + played.stderr
 
 

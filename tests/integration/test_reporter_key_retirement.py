@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from support.keys import make_key
+from support.playbooks import play
 from support.reporters import ReporterDatabase
 
 HERE = Path(__file__).parent / "key_retirement"
@@ -29,14 +30,7 @@ def _play(db: ReporterDatabase, data_dir: Path, *extra: str) -> subprocess.Compl
         "-e",
         f"bk_data_dir={data_dir}",
     ]
-    result = subprocess.run(
-        ["ansible-playbook", "-i", str(HERE / "inventory.yml"), str(HERE / "enroll.yml"), *args, *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = play(HERE / "inventory.yml", HERE / "enroll.yml", *args, *extra, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 

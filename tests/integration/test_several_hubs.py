@@ -5,11 +5,12 @@ between two hubs."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import yaml
+
+from support.playbooks import play
 
 HERE = Path(__file__).parent / "several_hubs"
 
@@ -17,14 +18,7 @@ HERE = Path(__file__).parent / "several_hubs"
 def _run(tmp_path: Path, inventory: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path / "rendered"
     out.mkdir()
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(HERE / "render.yml"), "-e", f"bk_out={out}"],
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    ), out
+    return play(inventory, HERE / "render.yml", "-e", f"bk_out={out}"), out
 
 
 def _render(tmp_path: Path, inventory: Path = HERE / "inventory.yml") -> dict[str, object]:

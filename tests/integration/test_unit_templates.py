@@ -5,7 +5,6 @@ unit, and pass `systemd-analyze verify` as the roles run it (no output at all)."
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections import defaultdict
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support.playbooks import play
 from support.tools import tool
 
 HERE = Path(__file__).parent / "units"
@@ -48,14 +48,7 @@ def _sections(path: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("units")
-    played = subprocess.run(
-        ["ansible-playbook", "-i", str(HERE / "inventory.yml"), str(HERE / "render.yml"), "-e", f"bk_out={out}"],
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1"),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    played = play(HERE / "inventory.yml", HERE / "render.yml", "-e", f"bk_out={out}")
     assert played.returncode == 0, played.stdout + played.stderr
     return out
 

@@ -26,3 +26,17 @@ def run_playbook(tmp_path: Path, tasks: list[dict], *options: str) -> subprocess
     return subprocess.run(
         [*LOCAL_PLAYBOOK, *options, str(playbook)], env=env, capture_output=True, text=True, check=False
     )
+
+
+def play(
+    inventory: Path, playbook: Path, *options: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook on a test's own inventory and playbook, colourless; the caller checks the result."""
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(playbook), *options],
+        env=dict(env if env is not None else os.environ, ANSIBLE_NOCOLOR="1"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
