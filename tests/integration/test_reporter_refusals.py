@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 
 from bk_evidence import sshsig
 from bk_reporter.refusals import RECORDED_PER_MINUTE
+from support.database import refused_to_the_owner_unless_in_maintenance
 from support.keys import make_key
 from support.reporters import LiveReporter, ReporterDatabase, enroll, serving
 from support.signing_hosts import MemoryHost, SigningHost
@@ -75,13 +76,7 @@ def test_refusals_are_append_only_even_for_the_owner(
     assert client.post("/api/v1/manifests", json={"manifest": web1.text(), "signature": "x"}).status_code == 401
     with psycopg.connect(reporter.database.app_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(statement)
-    with psycopg.connect(reporter.database.owner_url) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            conn.execute(statement)
-        conn.rollback()
-        with conn.transaction():
-            conn.execute("SET LOCAL bk.maintenance = 'on'")
-            conn.execute(statement)
+    refused_to_the_owner_unless_in_maintenance(reporter.database.owner_url, statement)
     left = refusal_rows(reporter.database.owner_url)  # changed only in the maintenance session
     assert [r["code"] for r in left] == (["x"] if statement.startswith("UPDATE") else [])
 

@@ -20,6 +20,7 @@ from bk_evidence import manifest as bk_manifest
 from bk_reporter import db
 from bk_reporter.app import Reporter
 from bk_reporter.settings import Settings
+from support.database import refused_to_the_owner_unless_in_maintenance
 from support.keys import make_key
 from support.reporters import LiveReporter, ReporterDatabase, as_user, enroll
 from support.signing_hosts import SigningHost
@@ -78,14 +79,8 @@ def test_not_even_the_owner_may_change_events_without_the_maintenance_switch(
     statement: str, client: httpx.Client, reporter: LiveReporter, web1: SigningHost
 ) -> None:
     assert post_all(client, [web1.envelope()]) == [201]
-    with psycopg.connect(reporter.database.owner_url) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            conn.execute(statement)
-        conn.rollback()
-        with conn.transaction():
-            conn.execute("SET LOCAL bk.maintenance = 'on'")
-            conn.execute(statement)
-        assert conn.execute("SELECT count(*) FROM events WHERE status = 'success'").fetchone() == (0,)
+    refused_to_the_owner_unless_in_maintenance(reporter.database.owner_url, statement)
+    assert query(reporter.database.owner_url, "SELECT count(*) AS n FROM events WHERE status = 'success'") == [{"n": 0}]
 
 
 def test_an_enrolled_key_can_be_retired_once_and_never_deleted(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from bk_reporter.pgcluster import LocalCluster
 
@@ -67,3 +68,15 @@ def chain_figures(url: str) -> tuple[dict[str, tuple[int, int]], int]:
         chains = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT host, events, last_seq FROM host_chain")}
         breaks = conn.execute("SELECT count(*) FROM chain_breaks").fetchone()[0]
     return chains, breaks
+
+
+def refused_to_the_owner_unless_in_maintenance(owner_url: str, statement: str) -> None:
+    """The append-only triggers refuse `statement` even to the schema owner; with the maintenance
+    switch set for one transaction the owner may run it (and does)."""
+    with psycopg.connect(owner_url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(statement)
+        conn.rollback()
+        with conn.transaction():
+            conn.execute("SET LOCAL bk.maintenance = 'on'")
+            conn.execute(statement)
