@@ -23,7 +23,8 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from bkmol_backups import (
     cmd_append_only,
@@ -36,7 +37,7 @@ from bkmol_backups import (
     cmd_state,
     cmd_units,
 )
-from bkmol_hosts import CheckFailed
+from bkmol_hosts import CheckFailed, Json
 from bkmol_hubs import cmd_hubs
 from bkmol_notifications import cmd_enrolled, cmd_notifications, cmd_notify_once
 from bkmol_offsite import cmd_offsite, cmd_offsite_keeps
@@ -47,141 +48,204 @@ from bkmol_secrets import cmd_secrets
 
 # --- main ----------------------------------------------------------------------------------------
 
+Argument = tuple[tuple[str, ...], dict[str, Any]]
 
-def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of subcommands reads best)
+
+def argument(*flags: str, **options: Any) -> Argument:
+    """What one `add_argument(*flags, **options)` call of a subcommand adds."""
+    return flags, options
+
+
+# The arguments several subcommands take alike.
+HOST = argument("host")
+HOSTS = argument("hosts", nargs="+")
+JOB = argument("job")
+CLIENTS = argument("clients", nargs="+")
+DESTINATION = argument("destination")
+VIA = argument("--via", required=True)
+HUB = argument("--hub", required=True)
+REPOSITORY_LABEL = argument("--repository-label", default="hub")
+
+# (name, the check it runs, its line in the top-level --help, its arguments in the order they are added)
+Subcommand = tuple[str, Callable[[argparse.Namespace], Json], str, tuple[Argument, ...]]
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    ("units", cmd_units, "bk timers and services of hosts", (HOSTS,)),
+    ("state", cmd_state, "chain state, outbox and runs of a host", (HOST,)),
+    (
+        "fire",
+        cmd_fire,
+        "make timers elapse now and wait for their services",
+        (
+            argument("pairs", nargs="+", metavar="HOST:TIMER"),
+            argument("--timeout", type=float, default=300),
+            argument("--expect", choices=["success", "any"], default="success"),
+            argument("--stop-after", type=float, default=None, metavar="SECONDS", help="stop a run still going then"),
+        ),
+    ),
+    (
+        "snapshots",
+        cmd_snapshots,
+        "a client job's snapshots and the hub's snapshot files",
+        (
+            HOST,
+            JOB,
+            HUB,
+            REPOSITORY_LABEL,
+            argument("--newer-than", type=float, default=0, help="epoch seconds: a snapshot at least this new exists"),
+        ),
+    ),
+    (
+        "chain",
+        cmd_chain,
+        "the reporter's manifests of hosts, verified against the hosts",
+        (
+            argument("--via", required=True, help="instance whose bk.json names the reporter"),
+            argument("--expect-empty-outbox", action="store_true"),
+            HOSTS,
+        ),
+    ),
+    (
+        "receipts",
+        cmd_receipts,
+        "hub receipts confirm the clients' claimed snapshots",
+        (VIA, HUB, REPOSITORY_LABEL, CLIENTS),
+    ),
+    (
+        "append-only",
+        cmd_append_only,
+        "forget refused; another client's repository refused",
+        (HOST, JOB, argument("--other", required=True), REPOSITORY_LABEL),
+    ),
+    (
+        "compare",
+        cmd_compare,
+        "compare two file trees across instances",
+        (
+            argument("src_host"),
+            argument("src_root"),
+            argument("dst_host"),
+            argument("dst_root"),
+            argument("sub", nargs="*"),
+            argument("--exclusive", action="store_true", help="the destination holds nothing but SUB"),
+        ),
+    ),
+    (
+        "offsite",
+        cmd_offsite,
+        "read an offsite copy with restic directly",
+        (
+            HUB,
+            argument("--via", default=None, help="check the reporter's offsite-copy manifests too"),
+            DESTINATION,
+            CLIENTS,
+        ),
+    ),
+    (
+        "hubs",
+        cmd_hubs,
+        "each hub serves, receipts, maintains and copies only its own clients",
+        (
+            VIA,
+            argument(
+                "--hub", action="append", required=True, metavar="HUB=CLIENT,CLIENT", help="a hub and its clients"
+            ),
+        ),
+    ),
+    (
+        "offsite-keeps",
+        cmd_offsite_keeps,
+        "what retention removed on the hub is still offsite",
+        (HUB, argument("--state", required=True, help="the plan written by `retention before`"), DESTINATION),
+    ),
+    (
+        "manifest",
+        cmd_manifest,
+        "the reporter holds a recent signed manifest of a kind from a host",
+        (VIA, argument("--since", type=float, default=0), HOST, argument("kind")),
+    ),
+    (
+        "reporter-up",
+        cmd_reporter_up,
+        "wait until the reporter answers",
+        (VIA, argument("--timeout", type=float, default=120)),
+    ),
+    (
+        "reporter-url",
+        cmd_reporter_url,
+        "the reporter's URL, and at its container's address",
+        (VIA, argument("--network", default="bk-molecule"), argument("reporter")),
+    ),
+    (
+        "pg-restore",
+        cmd_pg_restore,
+        "restore a job's database dump into a fresh database and compare",
+        (HOST, JOB, argument("--fresh", default="bk_molecule_restored"), REPOSITORY_LABEL),
+    ),
+    (
+        "retention",
+        cmd_retention,
+        "the hub's maintenance removes exactly what the policy says",
+        (
+            argument("phase", choices=["before", "after"]),
+            HUB,
+            argument("--via", default=None),
+            argument("--state", required=True),
+            argument("repos", nargs="+"),
+        ),
+    ),
+    (
+        "notify-once",
+        cmd_notify_once,
+        "one evaluation of the reporter's notify service, firing at once",
+        (
+            argument("--fire-after", type=float, default=0, metavar="MINUTES"),
+            HOST,
+            argument("unit", help="the notify service (`bk-reporter notify`), as `units` found it"),
+        ),
+    ),
+    (
+        "notifications",
+        cmd_notifications,
+        "messages a receiver file holds; the backup events behind them",
+        (
+            argument("--skip", type=int, default=0, help="lines already seen"),
+            argument("--via", default=None),
+            argument("--event", action="append", default=[], metavar="HOST:JOB"),
+            argument("--since", type=float, default=0, help="epoch seconds: events finished after this"),
+            HOST,
+            argument("file"),
+        ),
+    ),
+    (
+        "enrolled",
+        cmd_enrolled,
+        "the reporter's enrolled keys (bk-reporter hosts list --json)",
+        (HOST, argument("unit", help="a bk-reporter service whose environment names the configuration")),
+    ),
+    (
+        "secrets",
+        cmd_secrets,
+        "secrets appear in no output, journal, spool or manifest",
+        (
+            argument("--via", default=None, help="scan the reporter's manifests too"),
+            argument("--file", dest="files", action="append", default=[]),
+            argument("--manifest-host", dest="manifest_hosts", action="append", default=[]),
+            argument("--min-secrets", type=int, default=1),
+            HOSTS,
+        ),
+    ),
+)
+
+
+def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = top.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("units", help="bk timers and services of hosts")
-    p.add_argument("hosts", nargs="+")
-    p.set_defaults(func=cmd_units)
-
-    p = sub.add_parser("state", help="chain state, outbox and runs of a host")
-    p.add_argument("host")
-    p.set_defaults(func=cmd_state)
-
-    p = sub.add_parser("fire", help="make timers elapse now and wait for their services")
-    p.add_argument("pairs", nargs="+", metavar="HOST:TIMER")
-    p.add_argument("--timeout", type=float, default=300)
-    p.add_argument("--expect", choices=["success", "any"], default="success")
-    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS", help="stop a run still going then")
-    p.set_defaults(func=cmd_fire)
-
-    p = sub.add_parser("snapshots", help="a client job's snapshots and the hub's snapshot files")
-    p.add_argument("host")
-    p.add_argument("job")
-    p.add_argument("--hub", required=True)
-    p.add_argument("--repository-label", default="hub")
-    p.add_argument("--newer-than", type=float, default=0, help="epoch seconds: a snapshot at least this new exists")
-    p.set_defaults(func=cmd_snapshots)
-
-    p = sub.add_parser("chain", help="the reporter's manifests of hosts, verified against the hosts")
-    p.add_argument("--via", required=True, help="instance whose bk.json names the reporter")
-    p.add_argument("--expect-empty-outbox", action="store_true")
-    p.add_argument("hosts", nargs="+")
-    p.set_defaults(func=cmd_chain)
-
-    p = sub.add_parser("receipts", help="hub receipts confirm the clients' claimed snapshots")
-    p.add_argument("--via", required=True)
-    p.add_argument("--hub", required=True)
-    p.add_argument("--repository-label", default="hub")
-    p.add_argument("clients", nargs="+")
-    p.set_defaults(func=cmd_receipts)
-
-    p = sub.add_parser("append-only", help="forget refused; another client's repository refused")
-    p.add_argument("host")
-    p.add_argument("job")
-    p.add_argument("--other", required=True)
-    p.add_argument("--repository-label", default="hub")
-    p.set_defaults(func=cmd_append_only)
-
-    p = sub.add_parser("compare", help="compare two file trees across instances")
-    p.add_argument("src_host")
-    p.add_argument("src_root")
-    p.add_argument("dst_host")
-    p.add_argument("dst_root")
-    p.add_argument("sub", nargs="*")
-    p.add_argument("--exclusive", action="store_true", help="the destination holds nothing but SUB")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("offsite", help="read an offsite copy with restic directly")
-    p.add_argument("--hub", required=True)
-    p.add_argument("--via", default=None, help="check the reporter's offsite-copy manifests too")
-    p.add_argument("destination")
-    p.add_argument("clients", nargs="+")
-    p.set_defaults(func=cmd_offsite)
-
-    p = sub.add_parser("hubs", help="each hub serves, receipts, maintains and copies only its own clients")
-    p.add_argument("--via", required=True)
-    p.add_argument("--hub", action="append", required=True, metavar="HUB=CLIENT,CLIENT", help="a hub and its clients")
-    p.set_defaults(func=cmd_hubs)
-
-    p = sub.add_parser("offsite-keeps", help="what retention removed on the hub is still offsite")
-    p.add_argument("--hub", required=True)
-    p.add_argument("--state", required=True, help="the plan written by `retention before`")
-    p.add_argument("destination")
-    p.set_defaults(func=cmd_offsite_keeps)
-
-    p = sub.add_parser("manifest", help="the reporter holds a recent signed manifest of a kind from a host")
-    p.add_argument("--via", required=True)
-    p.add_argument("--since", type=float, default=0)
-    p.add_argument("host")
-    p.add_argument("kind")
-    p.set_defaults(func=cmd_manifest)
-
-    p = sub.add_parser("reporter-up", help="wait until the reporter answers")
-    p.add_argument("--via", required=True)
-    p.add_argument("--timeout", type=float, default=120)
-    p.set_defaults(func=cmd_reporter_up)
-
-    p = sub.add_parser("reporter-url", help="the reporter's URL, and at its container's address")
-    p.add_argument("--via", required=True)
-    p.add_argument("--network", default="bk-molecule")
-    p.add_argument("reporter")
-    p.set_defaults(func=cmd_reporter_url)
-
-    p = sub.add_parser("pg-restore", help="restore a job's database dump into a fresh database and compare")
-    p.add_argument("host")
-    p.add_argument("job")
-    p.add_argument("--fresh", default="bk_molecule_restored")
-    p.add_argument("--repository-label", default="hub")
-    p.set_defaults(func=cmd_pg_restore)
-
-    p = sub.add_parser("retention", help="the hub's maintenance removes exactly what the policy says")
-    p.add_argument("phase", choices=["before", "after"])
-    p.add_argument("--hub", required=True)
-    p.add_argument("--via", default=None)
-    p.add_argument("--state", required=True)
-    p.add_argument("repos", nargs="+")
-    p.set_defaults(func=cmd_retention)
-
-    p = sub.add_parser("notify-once", help="one evaluation of the reporter's notify service, firing at once")
-    p.add_argument("--fire-after", type=float, default=0, metavar="MINUTES")
-    p.add_argument("host")
-    p.add_argument("unit", help="the notify service (`bk-reporter notify`), as `units` found it")
-    p.set_defaults(func=cmd_notify_once)
-
-    p = sub.add_parser("notifications", help="messages a receiver file holds; the backup events behind them")
-    p.add_argument("--skip", type=int, default=0, help="lines already seen")
-    p.add_argument("--via", default=None)
-    p.add_argument("--event", action="append", default=[], metavar="HOST:JOB")
-    p.add_argument("--since", type=float, default=0, help="epoch seconds: events finished after this")
-    p.add_argument("host")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_notifications)
-
-    p = sub.add_parser("enrolled", help="the reporter's enrolled keys (bk-reporter hosts list --json)")
-    p.add_argument("host")
-    p.add_argument("unit", help="a bk-reporter service whose environment names the configuration")
-    p.set_defaults(func=cmd_enrolled)
-
-    p = sub.add_parser("secrets", help="secrets appear in no output, journal, spool or manifest")
-    p.add_argument("--via", default=None, help="scan the reporter's manifests too")
-    p.add_argument("--file", dest="files", action="append", default=[])
-    p.add_argument("--manifest-host", dest="manifest_hosts", action="append", default=[])
-    p.add_argument("--min-secrets", type=int, default=1)
-    p.add_argument("hosts", nargs="+")
-    p.set_defaults(func=cmd_secrets)
+    for name, run, summary, arguments in SUBCOMMANDS:
+        command = sub.add_parser(name, help=summary)
+        for flags, options in arguments:
+            command.add_argument(*flags, **options)
+        command.set_defaults(func=run)
     return top
 
 
