@@ -116,27 +116,26 @@ class Reporter:
         return self.get("/api/v1/hosts")
 
 
-def event_text(event: Json) -> str:
-    """The exact signed manifest text of a stored event."""
-    for key in ("manifest_text", "manifest", "text"):
+def _envelope_part(event: Json, part: str, keys: Sequence[str], what: str) -> str:
+    """One part of a stored event's signed envelope ("manifest" or "signature"): the first of
+    `keys` the event holds as a string, else the part inside its "envelope"."""
+    for key in keys:
         value = event.get(key)
         if isinstance(value, str):
             return value
     envelope = event.get("envelope")
-    if isinstance(envelope, dict) and isinstance(envelope.get("manifest"), str):
-        return envelope["manifest"]
-    raise CheckFailed(f"event without its manifest text: keys {sorted(event)}")
+    if isinstance(envelope, dict) and isinstance(envelope.get(part), str):
+        return envelope[part]
+    raise CheckFailed(f"event without its {what}: keys {sorted(event)}")
+
+
+def event_text(event: Json) -> str:
+    """The exact signed manifest text of a stored event."""
+    return _envelope_part(event, "manifest", ("manifest_text", "manifest", "text"), "manifest text")
 
 
 def event_signature(event: Json) -> str:
-    for key in ("signature",):
-        value = event.get(key)
-        if isinstance(value, str):
-            return value
-    envelope = event.get("envelope")
-    if isinstance(envelope, dict) and isinstance(envelope.get("signature"), str):
-        return envelope["signature"]
-    raise CheckFailed(f"event without its signature: keys {sorted(event)}")
+    return _envelope_part(event, "signature", ("signature",), "signature")
 
 
 def event_id(event: Json) -> str:
