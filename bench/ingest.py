@@ -38,9 +38,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from cryptography.hazmat.primitives import serialization
@@ -225,7 +228,17 @@ class Connection:
         self.writer.close()
 
 
-async def post_singles(port: int, bodies: list[bytes], concurrency: int) -> tuple[float, list[float], list[int]]:
+@dataclass
+class Sent:
+    """What a phase's requests brought back: their wall time, each manifest's answer, and each
+    request's latency where the phase measures it."""
+
+    elapsed: float
+    statuses: list[int]
+    latencies: list[float] | None = None
+
+
+async def post_singles(port: int, bodies: list[bytes], concurrency: int) -> Sent:
     queue = list(reversed(bodies))
     latencies: list[float] = []
     statuses: list[int] = []
@@ -242,10 +255,10 @@ async def post_singles(port: int, bodies: list[bytes], concurrency: int) -> tupl
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _worker in range(concurrency)))
-    return time.perf_counter() - started, latencies, statuses
+    return Sent(time.perf_counter() - started, statuses, latencies)
 
 
-async def post_open_loop(port: int, bodies: list[bytes], rate: float) -> tuple[float, list[float], list[int]]:
+async def post_open_loop(port: int, bodies: list[bytes], rate: float) -> Sent:
     """Send body i at start + i / rate on an idle keep-alive connection (a new one when none is
     idle); a latency runs from the scheduled time to the answer."""
     idle: list[Connection] = []
@@ -271,10 +284,10 @@ async def post_open_loop(port: int, bodies: list[bytes], rate: float) -> tuple[f
     elapsed = time.perf_counter() - started
     for connection in idle:
         connection.close()
-    return elapsed, latencies, statuses
+    return Sent(elapsed, statuses, latencies)
 
 
-async def post_batches(port: int, batches: list[bytes], concurrency: int) -> tuple[float, list[int]]:
+async def post_batches(port: int, batches: list[bytes], concurrency: int) -> Sent:
     queue = list(reversed(batches))
     statuses: list[int] = []
 
@@ -289,7 +302,7 @@ async def post_batches(port: int, batches: list[bytes], concurrency: int) -> tup
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _worker in range(concurrency)))
-    return time.perf_counter() - started, statuses
+    return Sent(time.perf_counter() - started, statuses)
 
 
 # -- running it --------------------------------------------------------------------------------------
@@ -446,61 +459,54 @@ def latency_figures(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def finish_phase(
-    key: str, figures: dict, statuses: list[int], *, meter: CpuMeter, before: tuple[float, float, float], results: dict
-) -> Answers:
-    """Keep a phase's figures, print what it cost, and count its answers."""
+@dataclass
+class Phase:
+    """One timed phase of the load generator."""
+
+    send: Callable[[], Coroutine[Any, Any, Sent]]
+    settings: dict[str, float]  # how many manifests it sends and how: its figures known beforehand
+    line: str  # what it prints, formatted with its figures
+
+
+def phases(port: int, workload: Workload, args: argparse.Namespace) -> dict[str, Phase]:
+    """The timed phases, in the order they run, by their names in the JSON figures."""
+    return {
+        "single": Phase(
+            partial(post_singles, port, workload.singles, args.concurrency),
+            {"manifests": len(workload.singles), "concurrency": args.concurrency},
+            "single POST, {concurrency} clients:  {rate:9.0f} manifests/s  (ratio {ratio:.2f}; "
+            "p50 {p50_ms:.1f} ms, p99 {p99_ms:.1f} ms, mean {mean_ms:.1f} ms)",
+        ),
+        "batch": Phase(
+            partial(post_batches, port, workload.batches, args.batch_concurrency),
+            {"manifests": workload.batch_items, "batch_size": args.batch_size, "concurrency": args.batch_concurrency},
+            "batch POST, {batch_size} per request, {concurrency} clients:  {rate:9.0f} manifests/s  "
+            "(ratio {ratio:.2f})",
+        ),
+        "open_loop": Phase(
+            partial(post_open_loop, port, workload.open_loop, args.open_rate),
+            {"manifests": len(workload.open_loop), "offered_rate": args.open_rate},
+            "open loop, {offered_rate:.0f}/s offered: {rate:9.0f} manifests/s  (ratio {ratio:.2f}; "
+            "p50 {p50_ms:.1f} ms, p99 {p99_ms:.1f} ms, max {max_ms:.1f} ms; target p99 <= 50 ms)",
+        ),
+    }
+
+
+def run_phase(key: str, phase: Phase, raw_rate: float, meter: CpuMeter, *, results: dict) -> Answers:
+    """Time a phase; keep its figures, print them and what the phase cost, and count its answers."""
+    manifests = int(phase.settings["manifests"])
+    before = meter.sample()
+    sent = asyncio.run(phase.send())
+    rate = manifests / sent.elapsed
+    figures = {**phase.settings, "rate": rate, "ratio": rate / raw_rate}
+    if sent.latencies is not None:
+        figures |= latency_figures(sent.latencies)
+    print(phase.line.format(**figures))
     results[key] = figures
-    print(meter.report(before, figures["manifests"], figures))
+    print(meter.report(before, manifests, figures))
     answers = Answers()
-    answers.count(statuses)
+    answers.count(sent.statuses)
     return answers
-
-
-def run_single(
-    port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
-) -> Answers:
-    before = meter.sample()
-    elapsed, latencies, statuses = asyncio.run(post_singles(port, workload.singles, args.concurrency))
-    rate = len(workload.singles) / elapsed
-    figures = {"manifests": len(workload.singles), "concurrency": args.concurrency, "rate": rate}
-    figures |= {"ratio": rate / raw_rate, **latency_figures(latencies)}
-    print(
-        f"single POST, {args.concurrency} clients:  {rate:9.0f} manifests/s  (ratio {figures['ratio']:.2f}; "
-        f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, mean {figures['mean_ms']:.1f} ms)"
-    )
-    return finish_phase("single", figures, statuses, meter=meter, before=before, results=results)
-
-
-def run_batches(
-    port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
-) -> Answers:
-    before = meter.sample()
-    elapsed, statuses = asyncio.run(post_batches(port, workload.batches, args.batch_concurrency))
-    rate = workload.batch_items / elapsed
-    figures = {"manifests": workload.batch_items, "batch_size": args.batch_size, "concurrency": args.batch_concurrency}
-    figures |= {"rate": rate, "ratio": rate / raw_rate}
-    print(
-        f"batch POST, {args.batch_size} per request, {args.batch_concurrency} clients:  {rate:9.0f} manifests/s  "
-        f"(ratio {figures['ratio']:.2f})"
-    )
-    return finish_phase("batch", figures, statuses, meter=meter, before=before, results=results)
-
-
-def run_open_loop(
-    port: int, workload: Workload, args: argparse.Namespace, raw_rate: float, meter: CpuMeter, *, results: dict
-) -> Answers:
-    before = meter.sample()
-    elapsed, latencies, statuses = asyncio.run(post_open_loop(port, workload.open_loop, args.open_rate))
-    rate = len(workload.open_loop) / elapsed
-    figures = {"manifests": len(workload.open_loop), "offered_rate": args.open_rate, "rate": rate}
-    figures |= {"ratio": rate / raw_rate, **latency_figures(latencies)}
-    print(
-        f"open loop, {args.open_rate:.0f}/s offered: {rate:9.0f} manifests/s  (ratio {figures['ratio']:.2f}; "
-        f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, max {figures['max_ms']:.1f} ms; "
-        "target p99 <= 50 ms)"
-    )
-    return finish_phase("open_loop", figures, statuses, meter=meter, before=before, results=results)
 
 
 def arguments() -> argparse.Namespace:
@@ -539,25 +545,24 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace, resu
     port = free_port()
     reporter = start_reporter(cluster, "bench", port)
     meter = CpuMeter(reporter.pid, int((cluster.data_dir / "postmaster.pid").read_text().split()[0]))
+    answered: list[Answers] = []
     try:
-        single = run_single(port, workload, args, raw_rate, meter, results=results)
-        single.rows_after = stored_events(owner_url) - before
-        batch = run_batches(port, workload, args, raw_rate, meter, results=results)
-        batch.rows_after = stored_events(owner_url) - before - single.rows_after
-        opened = run_open_loop(port, workload, args, raw_rate, meter, results=results)
-        opened.rows_after = stored_events(owner_url) - before - single.rows_after - batch.rows_after
+        for key, phase in phases(port, workload, args).items():
+            answers = run_phase(key, phase, raw_rate, meter, results=results)
+            answers.rows_after = stored_events(owner_url) - before - sum(earlier.rows_after for earlier in answered)
+            answered.append(answers)
     finally:
         reporter.terminate()
         reporter.wait(timeout=60)
-    phases = (single, batch, opened)
-    lost = sum(phase.ok - phase.rows_after for phase in phases)
-    other = sum(phase.other for phase in phases)
+    single, batch, opened = answered
+    lost = sum(each.ok - each.rows_after for each in answered)
+    other = sum(each.other for each in answered)
     print(
         f"2xx answers: {single.ok} single + {batch.ok} batch + {opened.ok} open loop; rows stored: "
         f"{single.rows_after} + {batch.rows_after} + {opened.rows_after}; lost: {lost}; other answers: {other}"
     )
-    results["answers_2xx"] = sum(phase.ok for phase in phases)
-    results["rows_stored"] = sum(phase.rows_after for phase in phases)
+    results["answers_2xx"] = sum(each.ok for each in answered)
+    results["rows_stored"] = sum(each.rows_after for each in answered)
     results["lost"] = lost
     results["other_answers"] = other
     return 0 if lost == 0 and other == 0 else 1
