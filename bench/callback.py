@@ -30,19 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from measure import Measured, interleaved, run_measured, spread  # noqa: E402
+from measure import Measured, interleaved, reporter_states, run_measured, spread, variant_labels  # noqa: E402
 
-from support.fake_reporter import FakeReporter  # noqa: E402
 from support.keys import make_key, public_line  # noqa: E402
-from support.net import dropping_listener, refusing_port  # noqa: E402
 
-VARIANTS = ("off", "up", "refused", "dropped")
-LABELS = {
-    "off": "callback disabled",
-    "up": "enabled, reporter up",
-    "refused": "enabled, reporter refuses",
-    "dropped": "enabled, reporter drops packets",
-}
+LABELS = variant_labels("off", "callback disabled", "enabled")
+VARIANTS = tuple(LABELS)
 
 
 def write_playbook(directory: Path, tasks: int, hosts: int) -> tuple[Path, Path]:
@@ -96,15 +89,10 @@ def run(tasks: int, hosts: int, repeat: int) -> dict[str, object]:
         key = make_key(directory, "controller_key")
         command = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(playbook)]
         results: dict[str, list[Measured]] = {variant: [] for variant in VARIANTS}
-        with (
-            FakeReporter({"controller": [public_line(key)]}) as reporter,
-            refusing_port() as refused,
-            dropping_listener() as dropped,
-        ):
-            urls = {"off": None, "up": reporter.url, "refused": refused, "dropped": dropped}
+        with reporter_states({"controller": [public_line(key)]}) as (reporter, urls):
             run_measured(command, environment(directory, "up", reporter.url, key))  # warm-up, not counted
             for index, variant in interleaved(list(VARIANTS), repeat):
-                measured = run_measured(command, environment(directory, variant, urls[variant], key))
+                measured = run_measured(command, environment(directory, variant, urls.get(variant), key))
                 results[variant].append(measured)
                 print(
                     f"  run {index + 1}/{repeat} {LABELS[variant]:32} {measured.wall:6.2f} s wall"

@@ -35,12 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from measure import Measured, interleaved, run_measured, spread  # noqa: E402
+from measure import Measured, interleaved, reporter_states, run_measured, spread, variant_labels  # noqa: E402
 
 from bk_evidence import manifest, restic_output, sshsig  # noqa: E402
 from support.fake_reporter import FakeReporter  # noqa: E402
 from support.keys import make_key, public_line  # noqa: E402
-from support.net import dropping_listener, refusing_port  # noqa: E402
 
 RESTIC = "/usr/bin/restic"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -205,13 +204,8 @@ def backup_duration(document: dict) -> float:
     return float(document["stats"]["total_duration"])
 
 
-VARIANTS = ("bare", "up", "refused", "dropped")
-LABELS = {
-    "bare": "bare restic backup --json",
-    "up": "bk-run, reporter up",
-    "refused": "bk-run, reporter refuses",
-    "dropped": "bk-run, reporter drops packets",
-}
+LABELS = variant_labels("bare", "bare restic backup --json", "bk-run")
+VARIANTS = tuple(LABELS)
 
 
 def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
@@ -225,8 +219,7 @@ def overhead(scratch: Path, size_mb: int, repeat: int) -> dict[str, object]:
     key = make_key(scratch, "host_key")
     hosts = {f"bench-{kind}{run}": [public_line(key)] for kind in VARIANTS for run in range(-1, repeat)}
     results: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
-    with FakeReporter(hosts) as reporter, dropping_listener() as dropped, refusing_port() as refused:
-        urls = {"up": reporter.url, "refused": refused, "dropped": dropped}
+    with reporter_states(hosts) as (reporter, urls):
         # Warm-up, not counted: the data into the page cache, restic and python code read once.
         bare_backup(scratch, data, "bare-warm")
         runner_backup(scratch, data, key, reporter.url, "up-1", reporter=reporter)

@@ -1,9 +1,12 @@
-"""Shared helpers of the bench scripts: timing a command with its process tree's CPU and memory.
+"""Shared helpers of the bench scripts: timing a command with its process tree's CPU and memory,
+and the reporter states whose variants they compare against a baseline.
 
 `run_measured` starts a command, samples the summed RSS of its process tree every 20 ms (from
 /proc), and reaps it with os.wait4, whose rusage gives the tree's CPU time (user + system of the
 command and every descendant it waited for) and ru_maxrss (the largest single process of the
 tree). Wall time is measured around the whole.
+
+The scripts that import this module put tests/ on sys.path first (for support.*).
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from support.fake_reporter import FakeReporter
+from support.net import dropping_listener, refusing_port
 
 SAMPLE_SECONDS = 0.02
 
@@ -120,3 +127,21 @@ def interleaved(variants: list[str], repeat: int) -> list[tuple[int, str]]:
         shift = rep % len(variants)
         order.extend((rep, variant) for variant in variants[shift:] + variants[:shift])
     return order
+
+
+# The states of the reporter a variant delivers to, by variant name, as the output names them.
+REPORTER_STATES = {"up": "reporter up", "refused": "reporter refuses", "dropped": "reporter drops packets"}
+
+
+def variant_labels(baseline: str, baseline_label: str, subject: str) -> dict[str, str]:
+    """The labels of a benchmark's variants, in the order they run: the baseline, then `subject`
+    with the reporter in each of its states."""
+    return {baseline: baseline_label} | {state: f"{subject}, {label}" for state, label in REPORTER_STATES.items()}
+
+
+@contextlib.contextmanager
+def reporter_states(hosts: dict[str, list[str]]) -> Iterator[tuple[FakeReporter, dict[str, str]]]:
+    """A loopback reporter that knows `hosts` (names to public key lines), and the URL of each
+    reporter state: that reporter, a port that refuses connections, one that drops packets."""
+    with FakeReporter(hosts) as reporter, refusing_port() as refused, dropping_listener() as dropped:
+        yield reporter, {"up": reporter.url, "refused": refused, "dropped": dropped}
