@@ -498,6 +498,20 @@ def _compiled_type(types: Any) -> Check:
     return lambda value: any(check(value) for check in type_checks)
 
 
+def _of_type(json_type: type, max_length: Optional[int], more: Check) -> Check:
+    """A check that values of one JSON type pass (values of other types are another check's
+    concern): at most max_length long, and passing `more`."""
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, json_type):
+            return True
+        if max_length is not None and len(value) > max_length:
+            return False
+        return more(value)
+
+    return check
+
+
 def _compiled_string(schema: Dict[str, Any]) -> Optional[Check]:
     max_length = schema.get("maxLength")
     pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
@@ -505,16 +519,12 @@ def _compiled_string(schema: Dict[str, Any]) -> Optional[Check]:
     if max_length is None and pattern is None and not date_time:
         return None
 
-    def check(value: Any) -> bool:
-        if not isinstance(value, str):
-            return True
-        if max_length is not None and len(value) > max_length:
-            return False
+    def matches(value: str) -> bool:
         if pattern is not None and pattern.search(value) is None:
             return False
         return not date_time or parse_timestamp(value) is not None
 
-    return check
+    return _of_type(str, max_length, matches)
 
 
 def _compiled_minimum(schema: Dict[str, Any]) -> Optional[Check]:
@@ -530,15 +540,7 @@ def _compiled_array(schema: Dict[str, Any]) -> Optional[Check]:
     item_check = _compile(schema["items"]) if "items" in schema else None
     if max_items is None and item_check is None:
         return None
-
-    def check(value: Any) -> bool:
-        if not isinstance(value, list):
-            return True
-        if max_items is not None and len(value) > max_items:
-            return False
-        return item_check is None or all(item_check(item) for item in value)
-
-    return check
+    return _of_type(list, max_items, lambda items: item_check is None or all(item_check(item) for item in items))
 
 
 def _compiled_object(schema: Dict[str, Any]) -> Optional[Check]:

@@ -199,16 +199,12 @@ def _hosts_list(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     for warning in hosts.doubled_keys(rows):
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps([{**row, **_times(row, "enrolled_at", "retired_at")} for row in rows], indent=2))
+        print(json.dumps([fleet.json_row(row, *row.keys()) for row in rows], indent=2))
         return EXIT_OK
     for row in rows:
         retired = f"retired {fleet.timestamp(row['retired_at'])}" if row["retired_at"] else "active"
         print(f"{row['host']}\t{row['key_type']}\t{row['fingerprint']}\t{retired}\t{row['comment'] or ''}")
     return EXIT_OK
-
-
-def _times(row: dict[str, Any], *names: str) -> dict[str, str | None]:
-    return {name: fleet.timestamp(row[name]) for name in names}
 
 
 def _hosts_retire(conn: psycopg.Connection, args: argparse.Namespace) -> int:

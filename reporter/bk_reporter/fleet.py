@@ -35,39 +35,67 @@ def _age(moment: datetime | None, now: datetime) -> float | None:
     return None if moment is None else round((now - moment).total_seconds(), 3)
 
 
+def json_value(value: Any) -> Any:
+    """A database value as JSON: times as RFC 3339 in UTC, UUIDs as text, the rest as it is."""
+    if isinstance(value, datetime):
+        return timestamp(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def json_row(row: Mapping[str, Any], *columns: str, **renamed: str) -> dict[str, Any]:
+    """The named columns of a row as a JSON object; `renamed` maps a document key to its column."""
+    document = {column: json_value(row[column]) for column in columns}
+    document.update({key: json_value(row[column]) for key, column in renamed.items()})
+    return document
+
+
+JOB_COLUMNS = (
+    "job",
+    "kind",
+    "state",
+    "last_status",
+    "last_event_id",
+    "last_started_at",
+    "last_finished_at",
+    "last_duration_seconds",
+    "last_data_added",
+    "last_snapshot_id",
+    "cadence_seconds",
+    "last_success_at",
+    "late_at",
+    "stale_at",
+    "runs",
+    "failures",
+    "unconfirmed_snapshots",
+)
+KEY_COLUMNS = ("fingerprint", "key_type", "comment", "enrolled_at", "retired_at")
+BREAK_COLUMNS = ("seq", "expected_prev", "found_prev", "detected_at")
+SNAPSHOT_COLUMNS = (
+    "snapshot_id",
+    "job",
+    "repository_name",
+    "claimed_at",
+    "received",
+    "hub_host",
+    "arrived_at",
+    "size_bytes",
+    "offsite",
+    "first_offsite_at",
+)
+
+
 def job_document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    return {
-        "job": row["job"],
-        "kind": row["kind"],
-        "state": row["state"],
-        "last_status": row["last_status"],
-        "last_event_id": str(row["last_event_id"]),
-        "last_started_at": timestamp(row["last_started_at"]),
-        "last_finished_at": timestamp(row["last_finished_at"]),
-        "last_duration_seconds": row["last_duration_seconds"],
-        "last_data_added": row["last_data_added"],
-        "last_snapshot_id": row["last_snapshot_id"],
-        "cadence_seconds": row["cadence_seconds"],
-        "last_success_at": timestamp(row["last_success_at"]),
-        "last_success_age_seconds": _age(row["last_success_at"], now),
-        "late_at": timestamp(row["late_at"]),
-        "stale_at": timestamp(row["stale_at"]),
-        "runs": row["runs"],
-        "failures": row["failures"],
-        "unconfirmed_snapshots": row["unconfirmed_snapshots"],
-    }
+    document = json_row(row, *JOB_COLUMNS)
+    document["last_success_age_seconds"] = _age(row["last_success_at"], now)
+    return document
 
 
 def _chain_document(row: Mapping[str, Any]) -> dict[str, Any] | None:
     if row["events"] is None:
         return None
-    return {
-        "events": row["events"],
-        "last_seq": row["last_seq"],
-        "missing": row["chain_missing"],
-        "breaks": row["chain_breaks"],
-        "last_received_at": timestamp(row["last_received_at"]),
-    }
+    return json_row(row, "events", "last_seq", "last_received_at", missing="chain_missing", breaks="chain_breaks")
 
 
 def host_document(row: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
@@ -105,26 +133,9 @@ def host_detail_document(
 ) -> dict[str, Any]:
     """GET /api/v1/hosts/{host}."""
     document = host_document(host, jobs, now)
-    document["keys"] = [
-        {
-            "fingerprint": key["fingerprint"],
-            "key_type": key["key_type"],
-            "comment": key["comment"],
-            "enrolled_at": timestamp(key["enrolled_at"]),
-            "retired_at": timestamp(key["retired_at"]),
-        }
-        for key in details.keys
-    ]
-    document["gaps"] = [{"first_missing": g["first_missing"], "last_missing": g["last_missing"]} for g in details.gaps]
-    document["breaks"] = [
-        {
-            "seq": b["seq"],
-            "expected_prev": b["expected_prev"],
-            "found_prev": b["found_prev"],
-            "detected_at": timestamp(b["detected_at"]),
-        }
-        for b in details.breaks
-    ]
+    document["keys"] = [json_row(key, *KEY_COLUMNS) for key in details.keys]
+    document["gaps"] = [json_row(gap, "first_missing", "last_missing") for gap in details.gaps]
+    document["breaks"] = [json_row(chain_break, *BREAK_COLUMNS) for chain_break in details.breaks]
     document["snapshots"] = [_snapshot_document(s) for s in details.snapshots]
     return document
 
@@ -138,19 +149,9 @@ class HostDetails:
 
 
 def _snapshot_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "snapshot_id": row["snapshot_id"],
-        "job": row["job"],
-        "repository_name": row["repository_name"],
-        "claimed_at": timestamp(row["claimed_at"]),
-        "received": row["received"],
-        "hub_host": row["hub_host"],
-        "arrived_at": timestamp(row["arrived_at"]),
-        "size_bytes": row["size_bytes"],
-        "offsite": row["offsite"],
-        "offsite_destinations": list(row["offsite_destination_names"] or []),
-        "first_offsite_at": timestamp(row["first_offsite_at"]),
-    }
+    document = json_row(row, *SNAPSHOT_COLUMNS)
+    document["offsite_destinations"] = list(row["offsite_destination_names"] or [])
+    return document
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -495,10 +495,23 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
         status = exit_code(outcome.status for _repository, outcome in outcomes)
         _run_post(job, hook_env, outcomes, status)
     common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tools(settings)}
+    return status, _record_each(recorder, "backup", settings=settings, job=job, common=common, outcomes=outcomes)
+
+
+def _record_each(
+    recorder: Recorder,
+    kind: str,
+    *,
+    settings: Settings,
+    job: Job,
+    common: Dict[str, Any],
+    outcomes: List[Tuple[Repository, Outcome]],
+) -> Envelopes:
+    """One manifest per repository of the job, in order; a repository the recorder skipped has none."""
     envelopes = [
         record_for_repository(
             recorder,
-            "backup",
+            kind,
             outcome=outcome,
             settings=settings,
             repository=repository,
@@ -507,7 +520,7 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
         )
         for repository, outcome in outcomes
     ]
-    return status, [envelope for envelope in envelopes if envelope]
+    return [envelope for envelope in envelopes if envelope]
 
 
 def _journal(job: Job, repository: Repository, outcome: Outcome) -> None:
@@ -537,8 +550,7 @@ def _run_post(job: Job, hook_env: Dict[str, str], outcomes: List[Tuple[Repositor
 
 def check(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelopes]:
     """``restic check`` of every repository of a job; one manifest per repository."""
-    envelopes = []
-    statuses = []
+    outcomes: List[Tuple[Repository, Outcome]] = []
     common = {"job": job.name, "tools": tools(settings), "check": {"read_data_subset": job.read_data_subset}}
     for repository in job.repositories:
         outcome = Outcome(utc_now())
@@ -550,16 +562,6 @@ def check(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelo
             output = completed.stdout + completed.stderr
             outcome.fail(Problem("restic check exited %d" % completed.exit_code, completed.exit_code, output))
         outcome.finish(utc_now())
-        statuses.append(outcome.status)
-        envelopes.append(
-            record_for_repository(
-                recorder,
-                "check",
-                outcome=outcome,
-                settings=settings,
-                repository=repository,
-                common=common,
-                secrets=job.secrets(),
-            )
-        )
-    return exit_code(statuses), [envelope for envelope in envelopes if envelope]
+        outcomes.append((repository, outcome))
+    status = exit_code(outcome.status for _repository, outcome in outcomes)
+    return status, _record_each(recorder, "check", settings=settings, job=job, common=common, outcomes=outcomes)

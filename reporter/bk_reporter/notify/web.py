@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bk_reporter.fleet import timestamp
+from bk_reporter.fleet import json_row, timestamp
 from bk_reporter.web.routes import _load, _render, _Timer
 
 LIMIT = 200
@@ -46,10 +46,6 @@ SELECT (SELECT count(*) FROM notification_attempts WHERE outcome = 'sent') AS se
 """
 
 
-def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: timestamp(value) if isinstance(value, datetime) else value for key, value in row.items()}
-
-
 async def _read(conn: Any) -> dict[str, list[dict[str, Any]]]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(DELIVERIES_SQL, {"limit": LIMIT})
@@ -64,7 +60,7 @@ async def _read(conn: Any) -> dict[str, list[dict[str, Any]]]:
 def notifications_document(state: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     return {
         "generated_at": timestamp(datetime.now(UTC)),
-        **{name: [_jsonable(row) for row in rows] for name, rows in state.items()},
+        **{name: [json_row(row, *row.keys()) for row in rows] for name, rows in state.items()},
     }
 
 

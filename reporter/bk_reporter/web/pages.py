@@ -233,21 +233,31 @@ def link_checks(row: Row) -> list[Check]:
         backward = (
             Check("ok", "seq 1 starts the chain") if row["prev"] is None else Check("bad", "seq 1 names a predecessor")
         )
-    elif row["previous_id"] is None:
-        backward = Check("warn", f"seq {seq - 1} has not arrived: a gap before this manifest")
-    elif row["previous_sha256"] == row["prev"]:
-        backward = Check("ok", f"prev is the SHA-256 of seq {seq - 1}")
     else:
-        backward = Check("bad", f"prev is not the SHA-256 of the stored seq {seq - 1}: a fork or a rewritten history")
+        backward = _neighbour_check(
+            arrived=row["previous_id"] is not None,
+            linked=row["previous_sha256"] == row["prev"],
+            gap=f"seq {seq - 1} has not arrived: a gap before this manifest",
+            ok=f"prev is the SHA-256 of seq {seq - 1}",
+            bad=f"prev is not the SHA-256 of the stored seq {seq - 1}: a fork or a rewritten history",
+        )
     if row["next_id"] is None and seq == row["chain_last_seq"]:
         forward = Check("ok", "the newest manifest of this host's chain so far")
-    elif row["next_id"] is None:
-        forward = Check("warn", f"seq {seq + 1} has not arrived: a gap after this manifest")
-    elif row["next_prev"] == row["sha256"]:
-        forward = Check("ok", f"seq {seq + 1} names this manifest as its prev")
     else:
-        forward = Check("bad", f"seq {seq + 1} names another manifest as its prev: a fork")
+        forward = _neighbour_check(
+            arrived=row["next_id"] is not None,
+            linked=row["next_prev"] == row["sha256"],
+            gap=f"seq {seq + 1} has not arrived: a gap after this manifest",
+            ok=f"seq {seq + 1} names this manifest as its prev",
+            bad=f"seq {seq + 1} names another manifest as its prev: a fork",
+        )
     return [backward, forward]
+
+
+def _neighbour_check(*, arrived: bool, linked: bool, gap: str, ok: str, bad: str) -> Check:
+    if not arrived:
+        return Check("warn", gap)
+    return Check("ok", ok) if linked else Check("bad", bad)
 
 
 def pretty_manifest(text: str) -> str:
