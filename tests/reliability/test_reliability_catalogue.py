@@ -170,14 +170,14 @@ def _wrong_content_type(fleet: Fleet) -> Request:
     return Request(json.dumps(signed_envelope(fleet)).encode(), content_type="text/plain")
 
 
-def _batch_with_one(bad: Callable[[Fleet], Request]) -> Callable[[Fleet], Request]:
-    """Retries of stored manifests around one bad item: only the bad item could change anything."""
+def _among_retries(name: str, bad: Callable[[Fleet], Request], status: int, code: str) -> BadInput:
+    """A batch of retries of stored manifests around one bad item: only the bad item could change anything."""
 
     def build(fleet: Fleet) -> Request:
-        item = json.loads(bad(fleet).body)
-        return as_json([fleet.stored[0], item, fleet.stored[1]])
+        return as_json([fleet.stored[0], json.loads(bad(fleet).body), fleet.stored[1]])
 
-    return build
+    retry = (200, "duplicate")
+    return BadInput(name, BATCH, 200, "per item", build, (retry, (status, code), retry))
 
 
 def _too_many_items(fleet: Fleet) -> Request:
@@ -305,38 +305,10 @@ CATALOGUE: tuple[BadInput, ...] = (
     BadInput("batch of 5,001 items", BATCH, 413, "too_many_items", _too_many_items),
     BadInput("batch body over 8 MiB", BATCH, 413, "too_large", _oversize_batch),
     BadInput("batch body not UTF-8", BATCH, 400, "not_json", _non_utf8),
-    BadInput(
-        "batch: one forged item among retries",
-        BATCH,
-        200,
-        "per item",
-        _batch_with_one(_forged),
-        ((200, "duplicate"), (401, "bad_signature"), (200, "duplicate")),
-    ),
-    BadInput(
-        "batch: one fork among retries",
-        BATCH,
-        200,
-        "per item",
-        _batch_with_one(_same_seq_other_content),
-        ((200, "duplicate"), (409, "seq_conflict"), (200, "duplicate")),
-    ),
-    BadInput(
-        "batch: one future item among retries",
-        BATCH,
-        200,
-        "per item",
-        _batch_with_one(_with(ago=timedelta(hours=-1))),
-        ((200, "duplicate"), (422, "future_time"), (200, "duplicate")),
-    ),
-    BadInput(
-        "batch: one malformed item among retries",
-        BATCH,
-        200,
-        "per item",
-        lambda f: as_json([f.stored[0], 42, f.stored[1]]),
-        ((200, "duplicate"), (400, "bad_envelope"), (200, "duplicate")),
-    ),
+    _among_retries("batch: one forged item among retries", _forged, 401, "bad_signature"),
+    _among_retries("batch: one fork among retries", _same_seq_other_content, 409, "seq_conflict"),
+    _among_retries("batch: one future item among retries", _with(ago=timedelta(hours=-1)), 422, "future_time"),
+    _among_retries("batch: one malformed item among retries", lambda f: Request(b"42"), 400, "bad_envelope"),
 )
 
 
