@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 import psycopg
@@ -40,6 +41,23 @@ def behind_the_reporters_back(reporter: LiveReporter, statement: str, *params: o
         conn.execute(statement, params)
 
 
+class AuditAfter(Protocol):
+    def __call__(self, statement: str, *params: object) -> list[dict[str, Any]]: ...
+
+
+@pytest.fixture
+def audit_after(reporter: LiveReporter, capsys: pytest.CaptureFixture[str]) -> AuditAfter:
+    """Runs a statement behind the reporter's back, then the audit, which must fail; gives its problems."""
+
+    def run(statement: str, *params: object) -> list[dict[str, Any]]:
+        behind_the_reporters_back(reporter, statement, *params)
+        code, report = audit(capsys)
+        assert code == 1
+        return report["problems"]
+
+    return run
+
+
 def test_an_untouched_store_is_intact(chain_of_five: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, report = audit(capsys)
     assert (code, report["intact"], report["events"], report["hosts"], report["problems"]) == (0, True, 5, 1, [])
@@ -53,52 +71,28 @@ def test_history_signed_by_a_since_retired_key_stays_verifiable(
     assert audit(capsys)[0] == 0
 
 
-def test_a_rewritten_manifest_is_detected(
-    chain_of_five: list[str], reporter: LiveReporter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    behind_the_reporters_back(
-        reporter,
-        "UPDATE events SET manifest = replace(manifest, '\"success\"', '\"failure\"') WHERE id = %s",
-        chain_of_five[2],
-    )
-    code, report = audit(capsys)
-    assert code == 1
-    problems = [(p["seq"], p["problem"]) for p in report["problems"]]
+def test_a_rewritten_manifest_is_detected(chain_of_five: list[str], audit_after: AuditAfter) -> None:
+    rewrite = "UPDATE events SET manifest = replace(manifest, '\"success\"', '\"failure\"') WHERE id = %s"
+    problems = [(p["seq"], p["problem"]) for p in audit_after(rewrite, chain_of_five[2])]
     assert any(seq == 3 and "signature does not verify" in what for seq, what in problems)
     assert any(seq == 3 and "sha256 column" in what for seq, what in problems)
     assert any(seq == 4 and "broken link" in what for seq, what in problems)
 
 
-def test_a_changed_column_is_detected(
-    chain_of_five: list[str], reporter: LiveReporter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    behind_the_reporters_back(
-        reporter, "UPDATE events SET status = 'failure', job = 'other' WHERE id = %s", chain_of_five[1]
-    )
-    code, report = audit(capsys)
-    assert code == 1
-    ((seq, what),) = [(p["seq"], p["problem"]) for p in report["problems"]]
+def test_a_changed_column_is_detected(chain_of_five: list[str], audit_after: AuditAfter) -> None:
+    problems = audit_after("UPDATE events SET status = 'failure', job = 'other' WHERE id = %s", chain_of_five[1])
+    ((seq, what),) = [(p["seq"], p["problem"]) for p in problems]
     assert seq == 2 and what == "stored columns differ from the manifest text: status, job"
 
 
-def test_a_deleted_manifest_in_the_middle_is_a_gap(
-    chain_of_five: list[str], reporter: LiveReporter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    behind_the_reporters_back(reporter, "DELETE FROM events WHERE id = %s", chain_of_five[2])
-    code, report = audit(capsys)
-    assert code == 1
-    problems = [p["problem"] for p in report["problems"]]
+def test_a_deleted_manifest_in_the_middle_is_a_gap(chain_of_five: list[str], audit_after: AuditAfter) -> None:
+    problems = [p["problem"] for p in audit_after("DELETE FROM events WHERE id = %s", chain_of_five[2])]
     assert "gap: seq 3..3 missing" in problems
     assert any("recorded 5 events up to seq 5" in what and "4 up to seq 5" in what for what in problems)
 
 
-def test_a_deleted_newest_manifest_is_detected(
-    chain_of_five: list[str], reporter: LiveReporter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    behind_the_reporters_back(reporter, "DELETE FROM events WHERE id = %s", chain_of_five[4])
-    code, report = audit(capsys)
-    assert code == 1
-    (problem,) = report["problems"]
+def test_a_deleted_newest_manifest_is_detected(chain_of_five: list[str], audit_after: AuditAfter) -> None:
+    (problem,) = audit_after("DELETE FROM events WHERE id = %s", chain_of_five[4])
     assert "recorded 5 events up to seq 5" in problem["problem"] and "4 up to seq 4" in problem["problem"]
 
 
@@ -118,6 +112,7 @@ def test_repository_sizes_are_rebuilt_from_the_prune_manifests_and_compared(
     web1: SigningHost,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    audit_after: AuditAfter,
 ) -> None:
     monkeypatch.setenv("BK_REPORTER_DATABASE_URL", reporter.database.app_url)
     monkeypatch.setenv("BK_REPORTER_OWNER_DATABASE_URL", reporter.database.owner_url)
@@ -131,12 +126,7 @@ def test_repository_sizes_are_rebuilt_from_the_prune_manifests_and_compared(
         sizes = dict(conn.execute("SELECT repository_name, size_text FROM repository_sizes").fetchall())
     assert sizes == {"db1": "1.250 GiB", "web2": "12.000 MiB"}
     assert audit(capsys)[0] == 0
-    behind_the_reporters_back(
-        reporter, "UPDATE repository_sizes SET size_text = '9 TiB' WHERE repository_name = 'web2'"
-    )
-    code, report = audit(capsys)
-    assert code == 1
-    (problem,) = report["problems"]
+    (problem,) = audit_after("UPDATE repository_sizes SET size_text = '9 TiB' WHERE repository_name = 'web2'")
     assert problem["host"] == "web1" and "repository_sizes for repository 'web2' holds '9 TiB'" in problem["problem"]
     assert "'12.000 MiB'" in problem["problem"]
 
