@@ -47,6 +47,26 @@ def query(url: str, statement: str, *params: object) -> list[dict]:
         return cursor.execute(statement, params).fetchall()
 
 
+def enrolled(reporter: LiveReporter, key_dir: Path, name: str) -> SigningHost:
+    """A host of that name with a key of its own, enrolled with the reporter."""
+    host = SigningHost(name, make_key(key_dir, name))
+    enroll(reporter.database.owner_url, host)
+    return host
+
+
+def hub_receipt(hub: SigningHost, directory: str, snapshot: str) -> dict[str, str]:
+    """The hub's receipt for one snapshot file that arrived in its repository `directory`."""
+    return hub.envelope(
+        kind="hub-receipt",
+        job=None,
+        snapshot=None,
+        stats=None,
+        cadence_seconds=None,
+        repository={"name": directory},
+        receipt={"snapshots": [{"id": snapshot, "size": 512, "arrived_at": "2026-01-01T00:00:00Z"}]},
+    )
+
+
 # -- append-only -------------------------------------------------------------------------------
 
 FORBIDDEN_TO_THE_APP = [
@@ -156,14 +176,9 @@ def test_concurrent_single_posts_keep_the_chain_intact(client: httpx.Client, web
 def test_each_state_is_derived_from_what_arrived(
     client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    def host(name: str) -> SigningHost:
-        machine = SigningHost(name, make_key(tmp_path, name))
-        enroll(reporter.database.owner_url, machine)
-        return machine
-
     hourly = {"cadence_seconds": 3600}
-    late, stale, failing, gap, quiet = (host(n) for n in ("late1", "stale1", "fail1", "gap1", "quiet1"))
-    host("miss1")
+    names = ("late1", "stale1", "fail1", "gap1", "quiet1", "miss1")
+    late, stale, failing, gap, quiet, _never_reports = (enrolled(reporter, tmp_path, name) for name in names)
     envelopes = [
         web1.envelope(),
         late.envelope(ago=timedelta(minutes=80), **hourly),
@@ -193,23 +208,13 @@ def test_each_state_is_derived_from_what_arrived(
 def test_a_claim_the_hub_never_confirmed_is_unconfirmed_until_a_receipt_arrives(
     client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    hub = SigningHost("hub1", make_key(tmp_path, "hub1"))
-    enroll(reporter.database.owner_url, hub)
+    hub = enrolled(reporter, tmp_path, "hub1")
     claim = web1.envelope(ago=timedelta(hours=4))
     snapshot = json.loads(claim["manifest"])["snapshot"]["id"]
     direct = web1.envelope(repository={"name": "usb", "url": "/mnt/usb/restic"}, ago=timedelta(hours=4))
     assert post_all(client, [claim, direct]) == [201, 201]
     assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
-    receipt = hub.envelope(
-        kind="hub-receipt",
-        job=None,
-        snapshot=None,
-        stats=None,
-        cadence_seconds=None,
-        repository={"name": "web1"},
-        receipt={"snapshots": [{"id": snapshot, "size": 512, "arrived_at": "2026-01-01T00:00:00Z"}]},
-    )
-    assert post_all(client, [receipt]) == [201]
+    assert post_all(client, [hub_receipt(hub, "web1", snapshot)]) == [201]
     assert fleet(client)[("web1", "home", "backup")] == "ok"
 
 
@@ -231,8 +236,7 @@ def test_the_latest_run_is_the_one_that_finished_last_not_the_last_to_arrive(
 def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
     client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    hub = SigningHost("hub1", make_key(tmp_path, "hub1"))
-    enroll(reporter.database.owner_url, hub)
+    hub = enrolled(reporter, tmp_path, "hub1")
     snapshot = "ab" * 32
     hub_fields = {"job": None, "snapshot": None, "stats": None, "cadence_seconds": None, "repository": {"name": "web1"}}
     offsite = hub.envelope(kind="offsite-copy", offsite={"destination": "b2", "snapshots": [snapshot]}, **hub_fields)
@@ -252,39 +256,25 @@ def test_lineage_joins_claim_receipt_and_offsite_in_any_order(
     assert (snap["snapshot_id"], snap["received"], snap["offsite_destinations"]) == (snapshot, True, ["b2"])
 
 
-def _receipt(hub: SigningHost, directory: str, snapshot: str) -> dict[str, str]:
-    return hub.envelope(
-        kind="hub-receipt",
-        job=None,
-        snapshot=None,
-        stats=None,
-        cadence_seconds=None,
-        repository={"name": directory},
-        receipt={"snapshots": [{"id": snapshot, "size": 512, "arrived_at": "2026-01-01T00:00:00Z"}]},
-    )
-
-
 def test_only_the_named_hub_confirms_a_claim_from_the_hosts_own_directory(
     client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
     # hub2 is enrolled and signs honestly-formed receipts, but web1's backups go to hub1.
-    hub1, hub2 = (SigningHost(name, make_key(tmp_path, name)) for name in ("hub1", "hub2"))
-    for hub in (hub1, hub2):
-        enroll(reporter.database.owner_url, hub)
+    hub1, hub2 = (enrolled(reporter, tmp_path, name) for name in ("hub1", "hub2"))
     snapshot = "cd" * 32
     repository = {"name": "hub", "url": "rest:https://hub1:8000/web1/", "hub": "hub1"}
     # The rogue receipt arrives first, before the claim it would pre-empt.
-    assert post_all(client, [_receipt(hub2, "web1", snapshot)]) == [201]
+    assert post_all(client, [hub_receipt(hub2, "web1", snapshot)]) == [201]
     claim = web1.envelope(snapshot={"id": snapshot}, repository=repository, ago=timedelta(hours=4))
     assert post_all(client, [claim]) == [201]
     assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
     # The right hub, but another client's directory.
-    assert post_all(client, [_receipt(hub1, "db1", snapshot)]) == [201]
+    assert post_all(client, [hub_receipt(hub1, "db1", snapshot)]) == [201]
     assert fleet(client)[("web1", "home", "backup")] == "unconfirmed"
     (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
     assert (lineage["received"], lineage["hub_host"]) == (False, None)
 
-    assert post_all(client, [_receipt(hub1, "web1", snapshot)]) == [201]
+    assert post_all(client, [hub_receipt(hub1, "web1", snapshot)]) == [201]
     assert fleet(client)[("web1", "home", "backup")] == "ok"
     (lineage,) = query(reporter.database.owner_url, "SELECT * FROM snapshot_lineage")
     assert (lineage["received"], lineage["hub_host"], lineage["hub_repository"]) == (True, "hub1", "web1")
@@ -296,10 +286,9 @@ def test_only_the_named_hub_confirms_a_claim_from_the_hosts_own_directory(
 def test_a_receipt_before_the_claim_is_shown_then_dropped_when_the_claim_names_another_hub(
     client: httpx.Client, reporter: LiveReporter, web1: SigningHost, tmp_path: Path
 ) -> None:
-    hub2 = SigningHost("hub2", make_key(tmp_path, "hub2"))
-    enroll(reporter.database.owner_url, hub2)
+    hub2 = enrolled(reporter, tmp_path, "hub2")
     snapshot = "ef" * 32
-    assert post_all(client, [_receipt(hub2, "web1", snapshot)]) == [201]
+    assert post_all(client, [hub_receipt(hub2, "web1", snapshot)]) == [201]
     (seen,) = query(reporter.database.owner_url, "SELECT host, received, hub_host FROM snapshot_lineage")
     assert (seen["host"], seen["received"], seen["hub_host"]) == (None, True, "hub2")
     repository = {"name": "hub", "url": "rest:https://hub1:8000/web1/", "hub": "hub1"}
