@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bk_evidence import manifest, sshsig
 from bk_evidence.chain import Chain
-from bk_evidence.delivery import deliver, reachable
+from bk_evidence.delivery import DeliveryReport, deliver, reachable
 from bk_evidence.spool import Spool
 from support.fake_reporter import FakeReporter
 from support.keys import make_key, public_line
@@ -30,6 +31,15 @@ def append(chain: Chain, key: Path, count: int = 1) -> list[dict]:
         chain.append(manifest.new_manifest("backup", "success", now, now), lambda data: sshsig.sign(data, str(key)))
         for _index in range(count)
     ]
+
+
+def deliver_to_a_fake_reporter(
+    chain: Chain, key: Path, *, force_status: int | None = None, max_items: int | None = None, **options: Any
+) -> DeliveryReport:
+    """One delivery of the outbox to a fake reporter that knows web1's key and answers as told."""
+    with FakeReporter({"web1": [public_line(key)]}) as reporter:
+        reporter.force_status, reporter.max_items = force_status, max_items
+        return deliver(chain.spool, reporter.url, **options)
 
 
 def test_delivers_oldest_first_and_empties_the_outbox(setup: tuple[Chain, Path]) -> None:
@@ -63,8 +73,7 @@ def test_client_errors_move_to_rejected_and_say_so(
         manifest.new_manifest("backup", "success", now, now), lambda data: sshsig.sign(data, str(stranger))
     )
     (tmp_path / "spool" / "outbox" / "000000000009-garbage.json").write_text("{not json")
-    with FakeReporter({"web1": [public_line(key)]}) as reporter:
-        report = deliver(chain.spool, reporter.url)
+    report = deliver_to_a_fake_reporter(chain, key)
     assert (report.delivered, report.rejected, report.remaining) == (3, 2, 0)
     rejected = chain.spool.rejected()
     assert len(rejected) == 2
@@ -91,26 +100,21 @@ def test_server_trouble_keeps_everything_within_the_deadline(setup: tuple[Chain,
 def test_an_unexpected_whole_request_answer_stops_without_rejecting(setup: tuple[Chain, Path]) -> None:
     chain, key = setup
     append(chain, key, 2)
-    with FakeReporter({"web1": [public_line(key)]}) as reporter:
-        reporter.force_status = 404
-        report = deliver(chain.spool, reporter.url)
+    report = deliver_to_a_fake_reporter(chain, key, force_status=404)
     assert report.remaining == 2 and report.rejected == 0 and "404" in report.stopped
 
 
 def test_too_large_batches_are_split(setup: tuple[Chain, Path]) -> None:
     chain, key = setup
     append(chain, key, 5)
-    with FakeReporter({"web1": [public_line(key)]}) as reporter:
-        reporter.max_items = 2
-        report = deliver(chain.spool, reporter.url)
+    report = deliver_to_a_fake_reporter(chain, key, max_items=2)
     assert report.delivered == 5 and report.remaining == 0
 
 
 def test_only_ready_envelopes_leave(setup: tuple[Chain, Path]) -> None:
     chain, key = setup
     append(chain, key, 3)
-    with FakeReporter({"web1": [public_line(key)]}) as reporter:
-        report = deliver(chain.spool, reporter.url, ready=lambda doc: doc["seq"] != 2)
+    report = deliver_to_a_fake_reporter(chain, key, ready=lambda doc: doc["seq"] != 2)
     assert report.delivered == 2 and [path.name[:12] for path in chain.spool.pending()] == ["000000000002"]
 
 
@@ -140,9 +144,7 @@ def test_a_report_says_the_reporter_was_out_of_reach(setup: tuple[Chain, Path], 
 def test_a_reporter_that_answers_is_not_out_of_reach(setup: tuple[Chain, Path]) -> None:
     chain, key = setup
     append(chain, key)
-    with FakeReporter({"web1": [public_line(key)]}) as reporter:
-        reporter.force_status = 503
-        report = deliver(chain.spool, reporter.url, deadline_seconds=1.0)
+    report = deliver_to_a_fake_reporter(chain, key, force_status=503, deadline_seconds=1.0)
     assert report.stopped and not report.unreachable
 
 
