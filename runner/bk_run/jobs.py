@@ -45,7 +45,7 @@ from .recording import (
     RESTIC_QUERY_TIMEOUT_SECONDS,
     Envelopes,
     RepositoryIds,
-    record_for_repository,
+    record_each_repository,
     restic_environment,
     restic_version,
     tools,
@@ -495,32 +495,10 @@ def backup(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envel
         status = exit_code(outcome.status for _repository, outcome in outcomes)
         _run_post(job, hook_env, outcomes, status)
     common = {"job": job.name, "cadence_seconds": job.cadence_seconds, "tools": tools(settings)}
-    return status, _record_each(recorder, "backup", settings=settings, job=job, common=common, outcomes=outcomes)
-
-
-def _record_each(
-    recorder: Recorder,
-    kind: str,
-    *,
-    settings: Settings,
-    job: Job,
-    common: Dict[str, Any],
-    outcomes: List[Tuple[Repository, Outcome]],
-) -> Envelopes:
-    """One manifest per repository of the job, in order; a repository the recorder skipped has none."""
-    envelopes = [
-        record_for_repository(
-            recorder,
-            kind,
-            outcome=outcome,
-            settings=settings,
-            repository=repository,
-            common=common,
-            secrets=job.secrets(),
-        )
-        for repository, outcome in outcomes
-    ]
-    return [envelope for envelope in envelopes if envelope]
+    envelopes = record_each_repository(
+        recorder, "backup", outcomes, settings=settings, common=common, secrets=job.secrets()
+    )
+    return status, envelopes
 
 
 def _journal(job: Job, repository: Repository, outcome: Outcome) -> None:
@@ -564,4 +542,7 @@ def check(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelo
         outcome.finish(utc_now())
         outcomes.append((repository, outcome))
     status = exit_code(outcome.status for _repository, outcome in outcomes)
-    return status, _record_each(recorder, "check", settings=settings, job=job, common=common, outcomes=outcomes)
+    envelopes = record_each_repository(
+        recorder, "check", outcomes, settings=settings, common=common, secrets=job.secrets()
+    )
+    return status, envelopes

@@ -16,7 +16,7 @@ from bk_evidence.settings import Settings
 from .config import MaintainedRepository, Maintenance, duration_hours
 from .outcome import Outcome, Problem, exit_code
 from .process import run
-from .recording import record_for_repository, restic_environment, tools
+from .recording import record_each_repository, restic_environment, tools
 
 
 def floored_policy(policy: Dict[str, Any], floor: Dict[str, Any]) -> Dict[str, Any]:
@@ -97,12 +97,11 @@ def _record(
     kind: str,
     outcome: Outcome,
 ) -> None:
-    record_for_repository(
+    record_each_repository(
         recorder,
         kind,
-        outcome=outcome,
+        [(repository, outcome)],
         settings=settings,
-        repository=repository,
         common=_common(repository, common_tools),
         secrets=repository.secrets(),
     )

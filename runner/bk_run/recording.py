@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bk_evidence.files import JsonTable
 from bk_evidence.manifest import new_manifest
@@ -161,20 +161,24 @@ def record(
         return None
 
 
-def record_for_repository(
+def record_each_repository(
     recorder: Recorder,
     kind: str,
+    outcomes: Sequence[Tuple[Repository, Outcome]],
     *,
-    outcome: Outcome,
     settings: Settings,
-    repository: Repository,
     common: Dict[str, Any],
     secrets: List[str],
-) -> Optional[Dict[str, str]]:
-    try:
-        section = repository_section(settings, repository)
-    except Exception as exc:  # an unreadable state file must not cost the manifest
-        sys.stderr.write("bk: cannot describe repository %s fully: %s\n" % (repository.name, exc))
-        section = {"name": repository.name}
-    sections = dict(common, repository=section)
-    return record(recorder, kind, outcome, sections, secrets)
+) -> Envelopes:
+    """One manifest per repository's outcome, in order; one that could not be recorded is left out."""
+    envelopes: Envelopes = []
+    for repository, outcome in outcomes:
+        try:
+            section = repository_section(settings, repository)
+        except Exception as exc:  # an unreadable state file must not cost the manifest
+            sys.stderr.write("bk: cannot describe repository %s fully: %s\n" % (repository.name, exc))
+            section = {"name": repository.name}
+        envelope = record(recorder, kind, outcome, dict(common, repository=section), secrets)
+        if envelope:
+            envelopes.append(envelope)
+    return envelopes

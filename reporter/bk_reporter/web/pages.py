@@ -234,30 +234,27 @@ def link_checks(row: Row) -> list[Check]:
             Check("ok", "seq 1 starts the chain") if row["prev"] is None else Check("bad", "seq 1 names a predecessor")
         )
     else:
-        backward = _neighbour_check(
-            arrived=row["previous_id"] is not None,
-            linked=row["previous_sha256"] == row["prev"],
-            gap=f"seq {seq - 1} has not arrived: a gap before this manifest",
-            ok=f"prev is the SHA-256 of seq {seq - 1}",
-            bad=f"prev is not the SHA-256 of the stored seq {seq - 1}: a fork or a rewritten history",
-        )
+        backward = _neighbour_check("before", seq - 1, row["previous_id"], row["previous_sha256"] == row["prev"])
     if row["next_id"] is None and seq == row["chain_last_seq"]:
         forward = Check("ok", "the newest manifest of this host's chain so far")
     else:
-        forward = _neighbour_check(
-            arrived=row["next_id"] is not None,
-            linked=row["next_prev"] == row["sha256"],
-            gap=f"seq {seq + 1} has not arrived: a gap after this manifest",
-            ok=f"seq {seq + 1} names this manifest as its prev",
-            bad=f"seq {seq + 1} names another manifest as its prev: a fork",
-        )
+        forward = _neighbour_check("after", seq + 1, row["next_id"], row["next_prev"] == row["sha256"])
     return [backward, forward]
 
 
-def _neighbour_check(*, arrived: bool, linked: bool, gap: str, ok: str, bad: str) -> Check:
-    if not arrived:
-        return Check("warn", gap)
-    return Check("ok", ok) if linked else Check("bad", bad)
+_NEIGHBOUR_TEXTS = {
+    ("before", "warn"): "seq {seq} has not arrived: a gap before this manifest",
+    ("before", "ok"): "prev is the SHA-256 of seq {seq}",
+    ("before", "bad"): "prev is not the SHA-256 of the stored seq {seq}: a fork or a rewritten history",
+    ("after", "warn"): "seq {seq} has not arrived: a gap after this manifest",
+    ("after", "ok"): "seq {seq} names this manifest as its prev",
+    ("after", "bad"): "seq {seq} names another manifest as its prev: a fork",
+}
+
+
+def _neighbour_check(side: str, seq: int, neighbour_id: object, linked: bool) -> Check:
+    mark = "warn" if neighbour_id is None else "ok" if linked else "bad"
+    return Check(mark, _NEIGHBOUR_TEXTS[side, mark].format(seq=seq))
 
 
 def pretty_manifest(text: str) -> str:
