@@ -16,9 +16,8 @@ import pytest
 from bk_evidence import manifest
 from support.fake_reporter import FakeReporter
 from support.hubs import append_only_hub as hub_server
-from support.keys import public_line
 from support.net import dropping_listener, refusing_port, silent_listener
-from support.runner_hosts import PASSWORD, RunnerHost
+from support.runner_hosts import PASSWORD, RunnerHost, fake_reporter_fixture
 from support.tools import RESTIC
 
 pytestmark = pytest.mark.skipif(not os.path.exists(RESTIC), reason="restic is not installed")
@@ -29,11 +28,7 @@ def host(tmp_path: Path, empty_repository: Path) -> RunnerHost:
     return RunnerHost(tmp_path, empty_repository)
 
 
-@pytest.fixture
-def reporter(host: RunnerHost) -> Iterator[FakeReporter]:
-    with FakeReporter({"web1": [public_line(host.key)]}) as server:
-        host.settings(reporter_url=server.url)
-        yield server
+reporter = fake_reporter_fixture("host")
 
 
 SCHEMA = jsonschema.Draft202012Validator(
@@ -105,8 +100,7 @@ def test_unreachable_reporter_changes_nothing_but_the_spool(host: RunnerHost, en
     (waiting,) = host.outbox()
     assert waiting["status"] == "success" and waiting["snapshot"]["id"]
     assert "waiting" in result.stderr
-    with FakeReporter({"web1": [public_line(host.key)]}) as server:
-        host.settings(reporter_url=server.url)
+    with host.fake_reporter() as server:
         flushed = host.run("flush")
         assert flushed.returncode == 0 and "delivered 1" in flushed.stdout
         assert [doc["id"] for doc in server.manifests()] == [waiting["id"]]

@@ -23,8 +23,7 @@ from bk_evidence import files, manifest
 from bk_run import receipts as hub_receipts
 from support.fake_reporter import FakeReporter
 from support.hubs import HUB_SERVERS, rest_hub, write_htpasswd
-from support.keys import public_line
-from support.runner_hosts import RunnerHost
+from support.runner_hosts import RunnerHost, fake_reporter_fixture
 from support.tools import RESTIC
 
 pytestmark = pytest.mark.skipif(
@@ -35,9 +34,10 @@ pytestmark = pytest.mark.skipif(
 class HubHost(RunnerHost):
     """A hub: repositories of clients under a data directory, as the REST server keeps them."""
 
+    name = "hub"
+
     def __init__(self, root: Path, template: Path) -> None:
         super().__init__(root, template)
-        self.settings(host="hub")
         self.data_dir = root / "hub-data"
         self.data_dir.mkdir()
         self.web1 = self.data_dir / "web1"
@@ -88,11 +88,7 @@ def hub(tmp_path: Path, empty_repository: Path) -> HubHost:
     return HubHost(tmp_path, empty_repository)
 
 
-@pytest.fixture
-def reporter(hub: HubHost) -> Iterator[FakeReporter]:
-    with FakeReporter({"hub": [public_line(hub.key)]}) as server:
-        hub.settings(host="hub", reporter_url=server.url)
-        yield server
+reporter = fake_reporter_fixture("hub")
 
 
 def by_seq(reporter: FakeReporter) -> list[dict]:

@@ -7,9 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from support.keys import make_key
+import pytest
+
+from support.fake_reporter import FakeReporter
+from support.keys import make_key, public_line
 from support.tools import RESTIC
 
 PASSWORD = "correct horse battery staple 42"
@@ -27,6 +32,8 @@ def initialized_repository(root: Path, restic: str = RESTIC) -> Path:
 class RunnerHost:
     """A client host in a temporary directory: key, restic repository, bk configuration; ``restic``
     is the binary bk-run is configured with (and the tests' own restic calls use)."""
+
+    name = "web1"  # the host bk-run signs its manifests as
 
     def __init__(self, root: Path, template: Path, restic: str = RESTIC) -> None:
         self.root = root
@@ -66,7 +73,7 @@ class RunnerHost:
 
     def settings(self, **changes: object) -> None:
         config = {
-            "host": "web1",
+            "host": self.name,
             "host_key": str(self.key),
             "state_dir": str(self.root / "state"),
             "spool_dir": str(self.root / "spool"),
@@ -76,6 +83,13 @@ class RunnerHost:
         }
         config.update(changes)
         (self.config / "bk.json").write_text(json.dumps(config))
+
+    @contextmanager
+    def fake_reporter(self) -> Iterator[FakeReporter]:
+        """A fake reporter that knows this host's key, with bk.json pointing bk-run at it."""
+        with FakeReporter({self.name: [public_line(self.key)]}) as server:
+            self.settings(reporter_url=server.url)
+            yield server
 
     def job(self, name: str = "home", **changes: object) -> None:
         job = {
@@ -103,3 +117,15 @@ class RunnerHost:
     def restic_summaries(self) -> list[dict]:
         lines = self.restic_log.read_text().splitlines()
         return [json.loads(line) for line in lines if '"message_type":"summary"' in line]
+
+
+def fake_reporter_fixture(host_fixture: str) -> object:
+    """A `reporter` fixture: the fake reporter of the RunnerHost that the fixture named `host_fixture` gives."""
+
+    @pytest.fixture(name="reporter")
+    def reporter(request: pytest.FixtureRequest) -> Iterator[FakeReporter]:
+        host: RunnerHost = request.getfixturevalue(host_fixture)
+        with host.fake_reporter() as server:
+            yield server
+
+    return reporter
