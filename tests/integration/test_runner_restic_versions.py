@@ -21,8 +21,7 @@ import pytest
 
 from bk_evidence import manifest
 from support.fake_reporter import FakeReporter
-from support.keys import public_line
-from support.runner_hosts import RunnerHost
+from support.runner_hosts import RunnerHost, fake_reporter_fixture
 from support.tools import RESTIC_BUILDS, tool
 
 SCHEMA = jsonschema.Draft202012Validator(
@@ -43,11 +42,7 @@ def host(tmp_path: Path, restic_build: str, repository_template: Callable[[str],
     return RunnerHost(tmp_path, repository_template(restic_build), restic_build)
 
 
-@pytest.fixture
-def reporter(host: RunnerHost) -> Iterator[FakeReporter]:
-    with FakeReporter({"web1": [public_line(host.key)]}) as server:
-        host.settings(reporter_url=server.url)
-        yield server
+reporter = fake_reporter_fixture("host")
 
 
 def only_manifest(reporter: FakeReporter) -> dict:
