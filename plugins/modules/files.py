@@ -47,8 +47,10 @@ options:
           - V(file) writes O(files[].content); its directory must exist.
           - V(directory) creates a directory, and its missing parents with the same mode and owner (as
             M(ansible.builtin.file) does).
+          - V(attributes) sets the mode and owner of a path that exists (a file another tool wrote, such
+            as a key from C(openssl)); a missing path fails.
         type: str
-        choices: [file, directory]
+        choices: [file, directory, attributes]
         default: file
       content:
         description: The file's content (required for V(file)).
@@ -97,7 +99,7 @@ from ansible_collections.bkfleet.backup.plugins.module_utils.files import atomic
 
 ENTRY = {
     "path": {"type": "path", "required": True},
-    "state": {"type": "str", "choices": ["file", "directory"], "default": "file"},
+    "state": {"type": "str", "choices": ["file", "directory", "attributes"], "default": "file"},
     "content": {"type": "str", "no_log": False},
     "mode": {"type": "str", "default": "0644"},
     "owner": {"type": "str", "default": "root"},
@@ -142,6 +144,14 @@ def put(entry: Dict[str, Any], check: bool, diffs: List[Dict[str, str]]) -> bool
     path, mode = entry["path"], int(entry["mode"], 8)
     uid, gid = wanted_ids(entry)
     found = current(path)
+    if entry["state"] == "attributes":
+        if found is None:
+            raise ValueError(f"{path} does not exist (state attributes only sets the mode and owner of a path)")
+        changed = attributes_differ(found, mode, uid, gid)
+        if changed and not check:
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+        return changed
     if entry["state"] == "directory":
         if found is not None and not stat.S_ISDIR(found.st_mode):
             raise ValueError(f"{path} exists and is not a directory")

@@ -83,3 +83,25 @@ def test_a_path_of_the_wrong_kind_fails_naming_it(tmp_path: Path) -> None:
     played = run_playbook(tmp_path, [{"bkfleet.backup.files": {"files": [{"path": str(taken), "state": "directory"}]}}])
     assert played.returncode != 0
     assert f"{taken} exists and is not a directory" in played.stdout
+
+
+def test_attributes_put_back_the_mode_of_a_file_another_tool_wrote_and_leave_its_content(tmp_path: Path) -> None:
+    key = tmp_path / "server.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    entry = {"path": str(key), "state": "attributes", "mode": "0640"}
+    assert put(tmp_path, [entry], "--check")["changed_paths"] == [str(key)]
+    assert mode(key) == 0o644
+    assert put(tmp_path, [entry])["changed_paths"] == [str(key)]
+    assert mode(key) == 0o640
+    assert key.read_text() == "-----BEGIN PRIVATE KEY-----\n"
+    assert put(tmp_path, [entry])["changed_paths"] == []
+
+
+def test_attributes_of_a_missing_path_fail_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.key"
+    entry = {"path": str(missing), "state": "attributes", "mode": "0600"}
+    played = run_playbook(tmp_path, [{"bkfleet.backup.files": {"files": [entry]}}])
+    assert played.returncode != 0
+    assert f"{missing} does not exist" in played.stdout
+    assert not missing.exists()
