@@ -41,7 +41,10 @@ def main() -> int:
                 info.uid = info.gid = 0
                 info.uname = info.gname = "root"
                 archive.addfile(info, io.BytesIO(data))
-        tmp = tar_path + ".tmp"
+        # A name of this process's own: under the free strategy, or with several reporters, two
+        # hosts' tasks may pack the same tar at once, and a shared temporary name could be
+        # renamed into place while the other is still writing it.
+        tmp = f"{tar_path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as handle:
             handle.write(buffer.getvalue())
         os.replace(tmp, tar_path)
