@@ -528,7 +528,8 @@ def _run_post(job: Job, hook_env: Dict[str, str], outcomes: List[Tuple[Repositor
 
 def check(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelopes]:
     """``restic check`` of every repository of a job; one manifest per repository."""
-    outcomes: List[Tuple[Repository, Outcome]] = []
+    envelopes: Envelopes = []
+    statuses = []
     common = {"job": job.name, "tools": tools(settings), "check": {"read_data_subset": job.read_data_subset}}
     for repository in job.repositories:
         outcome = Outcome(utc_now())
@@ -540,9 +541,9 @@ def check(settings: Settings, job: Job, recorder: Recorder) -> Tuple[int, Envelo
             output = completed.stdout + completed.stderr
             outcome.fail(Problem("restic check exited %d" % completed.exit_code, completed.exit_code, output))
         outcome.finish(utc_now())
-        outcomes.append((repository, outcome))
-    status = exit_code(outcome.status for _repository, outcome in outcomes)
-    envelopes = record_each_repository(
-        recorder, "check", outcomes, settings=settings, common=common, secrets=job.secrets()
-    )
-    return status, envelopes
+        statuses.append(outcome.status)
+        # Recorded before the next repository's check, which may run for hours or be killed.
+        envelopes += record_each_repository(
+            recorder, "check", [(repository, outcome)], settings=settings, common=common, secrets=job.secrets()
+        )
+    return exit_code(statuses), envelopes
