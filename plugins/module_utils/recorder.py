@@ -138,8 +138,13 @@ class Recorder:
     def prepare_in_background(self) -> None:
         """Load the signing and delivery code in a thread, and OpenSSL's through one throwaway
         signature with the host key: bk-run does this while restic runs, so that recording the
-        manifest afterwards takes milliseconds. A failure here is left for ``record`` to report."""
-        self._preparing = threading.Thread(target=self._prepare, name="bk-prepare", daemon=True)
+        manifest afterwards takes milliseconds. A failure here is left for ``record`` to report.
+
+        Not a daemon thread: a run that records nothing (receipts with no new snapshot) would
+        otherwise exit while the thread is inside cryptography's Rust code, and the interpreter's
+        end of a daemon thread there aborts the process ("FATAL: exception not rethrown", SIGABRT).
+        The work is a few imports and one local signature, so waiting for it at exit is short."""
+        self._preparing = threading.Thread(target=self._prepare, name="bk-prepare", daemon=False)
         self._preparing.start()
 
     def _prepare(self) -> None:
