@@ -28,7 +28,6 @@ requirements:
   - OpenSSH C(ssh-keygen) 8.1 or later on the host when the Python C(cryptography) package is absent
 extends_documentation_fragment:
   - bkfleet.backup.attributes
-  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     details:

@@ -26,7 +26,6 @@ requirements:
   - C(bk-reporter) installed on the host
 extends_documentation_fragment:
   - bkfleet.backup.attributes
-  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     details:
