@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lab_fleet
@@ -427,9 +428,50 @@ def targets(figures: dict[str, dict]) -> list[str]:
                 f"| {batch['ratio']:.2f} ({batch['rate']:.0f} of {ingest['raw']['rate']:.0f}/s) "
                 f"| {mark(batch['ratio'] >= 0.25)} |"
             )
+    if "ui" in figures:
+        rows += _ui_targets(figures["ui"])
+    if "converge" in figures:
+        rows += _converge_targets(figures["converge"], mark)
     if not rows:
         return []
     return ["| target | goal | this run (medians) | |", "|---|---|---|---|", *rows]
+
+
+def _ui_targets(ui: dict) -> list[str]:
+    """Every page's p50 at the largest size against the smallest (issue 18: under 1.3)."""
+    largest = next(size for size in ui["sizes"] if size["events"] == ui["largest"])
+    rows = []
+    for page, ratio in ui["p50_ratios"].items():
+        p50 = largest["pages"][page]["p50_ms"]
+        rows.append(
+            f"| web UI {page} page, {ui['largest']:,} vs {ui['smallest']:,} events (issue 18) | p50 ratio < 1.3 "
+            f"| {ratio:.2f} ({p50:.1f} ms at {ui['largest']:,}) | {'met' if ratio < 1.3 else '**not met**'} |"
+        )
+    return rows
+
+
+def _converge_targets(converge: dict, mark: Callable[[bool], str]) -> list[str]:
+    """The no-change site.yml: under 30 s at 4 hosts, under 3 x that at 12 (issue 18)."""
+    second = {fleet["hosts"]: fleet["runs"][1] for fleet in converge.get("fleets", [])}
+
+    def clean(run: dict) -> bool:  # it ran through and found nothing to change
+        recap = run["recap"] or {}
+        return run["exit"] == 0 and bool(recap) and all(counts["changed"] == 0 for counts in recap.values())
+
+    rows = []
+    if 4 in second:
+        seconds = second[4]["seconds"]
+        rows.append(
+            f"| second `site.yml` (nothing to change), 4 lab hosts (issue 18) | < 30 s | {seconds:.1f} s "
+            f"| {mark(seconds < 30 and clean(second[4]))} |"
+        )
+    if 4 in second and 12 in second:
+        ratio = second[12]["seconds"] / second[4]["seconds"]
+        rows.append(
+            f"| second `site.yml`, 12 lab hosts over 4 (issue 18) | < 3 x | {ratio:.2f} x "
+            f"({second[12]['seconds']:.1f} s) | {mark(ratio < 3 and clean(second[12]))} |"
+        )
+    return rows
 
 
 def shown_command(command: list[str]) -> str:
@@ -609,8 +651,11 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Stage], dict[str, di
             command_ui = [PYTHON, "bench/ui.py", "--dir", str(args.ui_dir)]
             for count in events:
                 command_ui += ["--events", str(count)]
-            stages["ui"] = Stage("ui", command_ui)
+            out = scratch / "ui.json"
+            stages["ui"] = Stage("ui", [*command_ui, "--json", str(out)])
             stages["ui"].run()
+            if out.exists():
+                figures["ui"] = json.loads(out.read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return stages, figures
@@ -658,6 +703,7 @@ def main() -> int:
     )
     if args.with_lab:
         converge = converge_with_lab(args.converge_hosts or [4, 12])
+        figures["converge"] = converge
     elif args.converge_log:
         converge = converge_from_log(args.converge_log)
     notes = [f"- {note}" for note in args.note]

@@ -17,7 +17,9 @@ Targets: overview and host page p50 <= 200 ms at 10,000,000 events, ratio <= 1.5
 
     .venv/bin/python bench/ui.py --events 100000 --events 10000000 [--hosts 2000] [--dir DIR]
 
-A database already loaded in --dir is measured again without reloading.
+A database already loaded in --dir is measured again without reloading. With --json FILE the
+figures are also written as one JSON object (p50, p95 and database p50 per size and page, and the
+p50 ratio of the largest size to the smallest), for bench/run_all.py to hold against the targets.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import os
 import random
 import re
@@ -426,6 +429,23 @@ def report(results: list[SizeResult]) -> None:
         print(f"p50 ratio {large.events:,} / {small.events:,} events: {ratios}")
 
 
+def figures(results: list[SizeResult]) -> dict[str, object]:
+    sizes = [
+        {
+            "events": result.events,
+            "loaded_seconds": result.load_seconds,
+            "pages": {
+                page: {"p50_ms": t.p(0.5), "p95_ms": t.p(0.95), "db_p50_ms": statistics.median(t.db_ms)}
+                for page, t in result.pages.items()
+            },
+        }
+        for result in results
+    ]
+    small, large = results[0], results[-1]
+    ratios = {page: large.pages[page].p(0.5) / small.pages[page].p(0.5) for page in small.pages}
+    return {"sizes": sizes, "smallest": small.events, "largest": large.events, "p50_ratios": ratios}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, action="append", help="events to load (repeatable; default 100000)")
@@ -440,6 +460,7 @@ def main() -> int:
         "with a note; 0: no limit (default 20)",
     )
     parser.add_argument("--dir", type=Path, help="keep the cluster here (reused when run again); default: a temp dir")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write the figures as JSON to FILE")
     args = parser.parse_args()
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bk-bench-ui-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -449,6 +470,8 @@ def main() -> int:
         directory, sorted(args.events or [100_000]), args.hosts, args.requests, args.warmup, budget_minutes=budget
     )
     report(results)
+    if args.json:
+        args.json.write_text(json.dumps(figures(results), indent=1) + "\n")
     LocalCluster.under(directory / "pg").stop()
     if args.dir is None:
         shutil.rmtree(directory, ignore_errors=True)
