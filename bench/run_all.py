@@ -7,7 +7,7 @@ Stages, one after the other (each figure is a ratio against a baseline measured 
                       (wall, CPU, peak RSS; reporter up, refusing, dropping packets)
 2. bench/callback.py  500-task playbook over 4 hosts, callback off vs on (up, refusing, dropping)
 3. bench/ingest.py    single, batch and open-loop ingest vs the raw insert rate (its own printed output)
-4. bench/ui.py        overview and host page at 100,000 vs 10,000,000 events (its own printed output);
+4. bench/ui.py        every page that reads events at 100,000 vs 10,000,000 events (its own printed output);
                       the databases are cached in --ui-dir (loaded once, reused while present)
 5. converge           first and second site.yml run: only with --with-lab (fresh lab fleets of 4 and
                       12 hosts, --converge-hosts to change, on the network bk-bench; site.yml twice
@@ -569,7 +569,7 @@ def write_document(
         ("evidence", "Host runner: `bk-run backup` vs bare `restic backup` (issue 3), and signing rates"),
         ("callback", "Callback plugin: 500-task playbook, callback off vs on"),
         ("ingest", "Reporter ingest: single, batch and open loop vs raw insert (bench/ingest.py)"),
-        ("ui", "Web UI: overview and host page, 100,000 vs 10,000,000 events (bench/ui.py)"),
+        ("ui", "Web UI: every page that reads events, 100,000 vs 10,000,000 events (bench/ui.py)"),
     ]
     for key, title in sections:
         lines += [f"## {title}", ""]
