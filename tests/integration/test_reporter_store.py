@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -343,6 +343,37 @@ def test_migrating_to_per_hub_receipts_keeps_every_receipt_and_unconfirms_a_wron
     ]
     kept = query(pg_url, "SELECT snapshot_id, hub_repository FROM snapshot_receipts ORDER BY 1")
     assert [(row["snapshot_id"], row["hub_repository"]) for row in kept] == [(good, "web1"), (wrong, "db1")]
+
+
+def _pages(conn: psycopg.Connection, table: str) -> int:
+    row = conn.execute("SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", (table,))
+    return int(row.fetchone()[0])
+
+
+def test_the_rows_of_jobs_and_hosts_take_the_same_pages_however_long_the_history(pg_url: str) -> None:
+    """Every statement rewrites each job's and host's row; the tables stay the size of the fleet."""
+    db.migrate(pg_url, "bk_reporter_app")
+    hosts, statements = 40, 150
+    columns = (
+        "id, host, seq, prev, sha256, kind, status, job, started_at, finished_at, key_fingerprint, manifest, signature"
+    )
+    row = "(%s, %s, %s, %s, %s, 'backup', 'success', 'home', %s, %s, 'SHA256:x', '{}', '-')"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for seq in range(1, statements + 1):
+            finished = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=seq)
+            params: list[object] = []
+            for host in range(hosts):
+                prev = f"{host:032x}{seq - 1:032x}" if seq > 1 else None
+                sha = f"{host:032x}{seq:032x}"
+                params += [uuid.uuid4(), f"web{host}", seq, prev, sha, finished - timedelta(minutes=1), finished]
+            conn.execute(f"INSERT INTO events ({columns}) VALUES {', '.join([row] * hosts)}", params)
+            if seq == statements // 10:
+                early = {table: _pages(conn, table) for table in ("job_status", "host_chain")}
+        last = {table: _pages(conn, table) for table in ("job_status", "host_chain")}
+        runs = conn.execute("SELECT min(runs), max(runs) FROM job_status").fetchone()
+        breaks = conn.execute("SELECT count(*) FROM chain_breaks").fetchone()
+    assert runs == (statements, statements) and breaks == (0,)
+    assert last == early, f"after {statements} statements the tables hold {last} pages, after a tenth {early}"
 
 
 # -- reading -------------------------------------------------------------------------------------
