@@ -432,6 +432,12 @@ def run(
     return results
 
 
+def p50_ratios(results: list[SizeResult]) -> dict[str, float]:
+    """Each page's p50 at the largest size over its p50 at the smallest."""
+    small, large = results[0], results[-1]
+    return {page: large.pages[page].p(0.5) / small.pages[page].p(0.5) for page in small.pages}
+
+
 def report(results: list[SizeResult]) -> None:
     print(f"{'events':>12} {'page':<14} {'p50 ms':>8} {'p95 ms':>8} {'db p50':>8} {'wall p50':>9}  load")
     for result in results:
@@ -441,9 +447,8 @@ def report(results: list[SizeResult]) -> None:
             db_p50, wall = statistics.median(timings.db_ms), statistics.median(timings.wall_ms)
             print(f"{result.events:>12,} {page:<14} {p50:>8.1f} {p95:>8.1f} {db_p50:>8.1f} {wall:>9.1f}  {load_text}")
     if len(results) > 1:
-        small, large = results[0], results[-1]
-        ratios = ", ".join(f"{page} {large.pages[page].p(0.5) / small.pages[page].p(0.5):.2f}" for page in small.pages)
-        print(f"p50 ratio {large.events:,} / {small.events:,} events: {ratios}")
+        ratios = ", ".join(f"{page} {ratio:.2f}" for page, ratio in p50_ratios(results).items())
+        print(f"p50 ratio {results[-1].events:,} / {results[0].events:,} events: {ratios}")
 
 
 def figures(results: list[SizeResult]) -> dict[str, object]:
@@ -458,9 +463,8 @@ def figures(results: list[SizeResult]) -> dict[str, object]:
         }
         for result in results
     ]
-    small, large = results[0], results[-1]
-    ratios = {page: large.pages[page].p(0.5) / small.pages[page].p(0.5) for page in small.pages}
-    return {"sizes": sizes, "smallest": small.events, "largest": large.events, "p50_ratios": ratios}
+    smallest, largest = results[0].events, results[-1].events
+    return {"sizes": sizes, "smallest": smallest, "largest": largest, "p50_ratios": p50_ratios(results)}
 
 
 def main() -> int:
