@@ -317,16 +317,39 @@ def _stored_before_migration(conn: psycopg.Connection, host: str, seq: int, kind
     conn.execute(f"INSERT INTO events ({names}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values()))
 
 
+def _migrated_before(conn: psycopg.Connection, version: int) -> None:
+    """The schema as a reporter left it whose newest migration is older than `version`."""
+    conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for migration in db.available_migrations():
+        if migration.version < version:
+            conn.execute(migration.sql)
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (migration.version, migration.name))
+
+
+def test_migrating_keeps_the_size_of_each_repository_pruned_before_sizes_were_kept(pg_url: str) -> None:
+    def prune(repository: str, finished: str, size: str) -> dict[str, object]:
+        manifest = json.dumps({"prune": {"remaining_size": size}})
+        return {"repository_name": repository, "finished_at": finished, "manifest": manifest}
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        _migrated_before(conn, 10)
+        _stored_before_migration(conn, "hub1", 1, "prune", **prune("web1", "2026-01-01T00:01:00Z", "1.000 MiB"))
+        _stored_before_migration(conn, "hub1", 2, "prune", **prune("web1", "2026-01-02T00:01:00Z", "2.000 KiB"))
+        _stored_before_migration(conn, "hub1", 3, "prune", **prune("db1", "2026-01-01T00:01:00Z", "7 B"))
+    db.migrate(pg_url, "bk_reporter_app")
+    sizes = query(pg_url, "SELECT repository_name, size_bytes, size_text FROM repository_sizes ORDER BY 1")
+    assert [(row["repository_name"], row["size_bytes"], row["size_text"]) for row in sizes] == [
+        ("db1", 7, "7 B"),
+        ("web1", 2048, "2.000 KiB"),
+    ]
+
+
 def test_migrating_to_per_hub_receipts_keeps_every_receipt_and_unconfirms_a_wrong_directory(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in db.available_migrations():
-            if migration.version < 14:
-                conn.execute(migration.sql)
-                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (migration.version, migration.name))
+        _migrated_before(conn, 14)
         good, wrong = "aa" * 32, "bb" * 32
         _stored_before_migration(conn, "web1", 1, "backup", snapshot_id=good, job="home")
         _stored_before_migration(conn, "web1", 2, "backup", snapshot_id=wrong, job="home")

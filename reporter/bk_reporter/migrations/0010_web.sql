@@ -67,16 +67,6 @@ CREATE TRIGGER events_derive_repository_sizes AFTER INSERT ON events
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION bk_derive_repository_sizes();
 
--- Prune manifests stored before this migration.
-INSERT INTO repository_sizes (hub_host, repository_name, size_bytes, size_text, measured_at, event_id)
-SELECT DISTINCT ON (host, repository_name)
-       host, repository_name, bk_restic_size_bytes(size_text), size_text, finished_at, id
-  FROM (SELECT host, repository_name, finished_at, id, manifest::jsonb #>> '{prune,remaining_size}' AS size_text
-          FROM events
-         WHERE kind = 'prune' AND repository_name IS NOT NULL) pruned
- WHERE size_text IS NOT NULL
- ORDER BY host, repository_name, finished_at DESC;
-
 -- fleet_status with what the pages sort, filter and explain by: the host's group, the
 -- state's rank (worst first) and when the next run was due.
 CREATE VIEW fleet_overview AS

@@ -65,3 +65,8 @@ SELECT DISTINCT ON (host, repository_name)
          WHERE kind = 'prune' AND repository_name IS NOT NULL) pruned
  WHERE size_text IS NOT NULL
  ORDER BY host, repository_name, finished_at DESC, id DESC;
+
+-- Prune manifests stored before 0010 created the table; the triggers have kept it since.
+INSERT INTO repository_sizes (hub_host, repository_name, size_bytes, size_text, measured_at, event_id)
+SELECT hub_host, repository_name, size_bytes, size_text, measured_at, event_id FROM repository_sizes_from_events
+    ON CONFLICT (hub_host, repository_name) DO NOTHING;
