@@ -330,15 +330,15 @@ def _migrated_before(conn: psycopg.Connection, version: int) -> None:
 
 
 def test_migrating_keeps_the_size_of_each_repository_pruned_before_sizes_were_kept(pg_url: str) -> None:
-    def prune(repository: str, finished: str, size: str) -> dict[str, object]:
-        manifest = json.dumps({"prune": {"remaining_size": size}})
+    def prune(repository: str, finished: str, size: str, **fields: str) -> dict[str, object]:
+        manifest = json.dumps({"prune": {"remaining_size": size}, **fields})
         return {"repository_name": repository, "finished_at": finished, "manifest": manifest}
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         _migrated_before(conn, 10)
         _stored_before_migration(conn, "hub1", 1, "prune", **prune("web1", "2026-01-01T00:01:00Z", "1.000 MiB"))
         _stored_before_migration(conn, "hub1", 2, "prune", **prune("web1", "2026-01-02T00:01:00Z", "2.000 KiB"))
-        _stored_before_migration(conn, "hub1", 3, "prune", **prune("db1", "2026-01-01T00:01:00Z", "7 B"))
+        _stored_before_migration(conn, "hub1", 3, "prune", **prune("db1", "2026-01-01T00:01:00Z", "7 B", error="\x00"))
     db.migrate(pg_url, "bk_reporter_app")
     sizes = query(pg_url, "SELECT repository_name, size_bytes, size_text FROM repository_sizes ORDER BY 1")
     assert [(row["repository_name"], row["size_bytes"], row["size_text"]) for row in sizes] == [
