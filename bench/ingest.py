@@ -202,9 +202,15 @@ def store_only_rate(owner_url: str, fleet: list[BenchHost], envelopes: list[dict
 # -- a lean HTTP/1.1 client ------------------------------------------------------------------------
 
 
+# uvicorn closes a keep-alive connection after 5 s without a request; like any HTTP client's
+# pool, the open loop reuses an idle connection only well before that.
+REUSE_IDLE_SECONDS = 2.0
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -222,7 +228,9 @@ class Connection:
             name, value = line.decode().partition(":")[::2]
             if name.lower() == "content-length":
                 length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
+        answer = int(status_line.split()[1]), await self.reader.readexactly(length)
+        self.idle_since = time.monotonic()
+        return answer
 
     def close(self) -> None:
         self.writer.close()
@@ -265,8 +273,16 @@ async def post_open_loop(port: int, bodies: list[bytes], rate: float) -> Sent:
     latencies: list[float] = []
     statuses: list[int] = []
 
+    async def reusable() -> Connection:
+        while idle:
+            connection = idle.pop()
+            if time.monotonic() - connection.idle_since < REUSE_IDLE_SECONDS:
+                return connection
+            connection.close()
+        return await Connection.open(port)
+
     async def send(body: bytes, scheduled: float) -> None:
-        connection = idle.pop() if idle else await Connection.open(port)
+        connection = await reusable()
         status = (await connection.post("/api/v1/manifests", body))[0]
         latencies.append(time.perf_counter() - scheduled)
         statuses.append(status)

@@ -171,7 +171,7 @@ class Reporter:
         )
         self.counters = metrics.IngestCounters()
         self.verifier = Verifier(settings.verify_processes)
-        self.ingest = Ingest.pooled(self.pool, self.limits, self.verifier)
+        self.ingest = Ingest(self.pool, self.limits, self.verifier)
         self.limiter = ClientLimiter(settings.ingest_requests_per_minute, settings.ingest_burst)
 
     @property

@@ -1,28 +1,25 @@
 """The ingest path: a request's envelopes through every check and into the store, answered item by item.
 
 app.py reads the HTTP request and hands the parsed envelopes to `Ingest.receive`; scripts and
-test fixtures hand theirs to the same object built on one connection (`Ingest.on_connection`).
-The checks run in the wire contract's order (ingest.py's docstring):
+test fixtures build an `Ingest` on a connection pool of their own and do the same. The checks
+run in the wire contract's order (ingest.py's docstring):
 
     envelope (1), size and the key the signature names (2-3)   ingest.envelope_from, signed_by
     signature, parsing, enrolment for the host, schema (3-8)    verifying.Verifier -> ingest.verify
-    the enrolment again, at the moment of the INSERT            store.store (via the writer)
+    the enrolment again, at the moment of the INSERT            GroupWriter -> store.store
     refusals that are security events, recorded                 refusals.RefusalLog
 
-The keys come from a `KeyCache` (a request's keys would otherwise cost a query each); the
-writer is a `GroupWriter` (concurrent requests share one INSERT and one commit) or, on one
-connection, `store.store` itself. Refused signatures and keys are recorded by a `RefusalLog`
-before they are answered.
+`Ingest` owns what these need: a `KeyCache` (a request's keys would otherwise cost a query
+each), the `Verifier`, a `GroupWriter` (concurrent requests share one INSERT and one commit) and
+a `RefusalLog` (refused signatures and keys are recorded before they are answered).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import store
@@ -31,9 +28,6 @@ from .ingest import EnrolledKey, KeyRing, Limits, SignedBy, VerifiedManifest, en
 from .outcome import SECURITY_REFUSALS, Outcome
 from .refusals import Refusal, RefusalLog, claimed_host, refusal
 from .verifying import Verifier
-
-KeyLookup = Callable[[Iterable[str]], Awaitable[KeyRing]]
-Writer = Callable[[Sequence[VerifiedManifest]], Awaitable[list[Outcome]]]
 
 KEY_CACHE_SECONDS = 60.0
 KEY_CACHE_LIMIT = 100_000
@@ -45,14 +39,19 @@ class KeyCache:
 
     What a cached entry can get wrong is bounded: a fingerprint names its key material exactly
     (no stale key can verify anything); a host enrolled for the key since is looked up again
-    before "not for this host" is answered (`Ingest._verified`); a key retired since is refused
-    by store's INSERT, which checks the enrolment in the same statement. Unknown fingerprints
-    are never cached.
+    (`fresh`) before "not for this host" is answered (`Ingest._verified`); a key retired since is
+    refused by store's INSERT, which checks the enrolment in the same statement. Unknown
+    fingerprints are never cached.
     """
 
-    def __init__(self, read: KeyLookup) -> None:
-        self._read = read
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
         self._entries: dict[str, tuple[float, EnrolledKey]] = {}
+
+    async def fresh(self, fingerprints: Iterable[str]) -> KeyRing:
+        """The enrolled keys among these, read from the database now."""
+        async with self._pool.connection() as conn:
+            return await store.active_keys(conn, fingerprints)
 
     async def lookup(self, fingerprints: Iterable[str]) -> KeyRing:
         now = time.monotonic()
@@ -65,7 +64,7 @@ class KeyCache:
             else:
                 missing.add(fingerprint)
         if missing:
-            found = await self._read(missing)
+            found = await self.fresh(missing)
             if len(self._entries) > KEY_CACHE_LIMIT:
                 self._entries.clear()
             for fingerprint in missing:
@@ -78,58 +77,15 @@ class KeyCache:
 
 
 class Ingest:
-    """Owns the key lookup, the verifier, the writer and the refusal log; `receive` answers a request's items."""
+    """The ingest path of one connection pool: it owns the key cache, the verifier, the group
+    writer and the refusal log, and `receive` answers a request's items."""
 
-    def __init__(
-        self,
-        limits: Limits,
-        verifier: Verifier,
-        *,
-        keys: KeyLookup,
-        write: Writer,
-        refusals: RefusalLog,
-        fresh_keys: KeyLookup | None = None,
-    ) -> None:
-        """`keys` may answer from a cache; then `fresh_keys` reads the database itself."""
+    def __init__(self, pool: AsyncConnectionPool, limits: Limits, verifier: Verifier = IN_PROCESS) -> None:
         self.limits = limits
         self.verifier = verifier
-        self.refusals = refusals
-        self._keys = keys
-        self._fresh_keys = fresh_keys
-        self._write = write
-
-    @classmethod
-    def pooled(cls, pool: AsyncConnectionPool, limits: Limits, verifier: Verifier) -> Ingest:
-        """The server's: cached keys, concurrent requests stored together."""
-
-        async def active_keys(fingerprints: Iterable[str]) -> KeyRing:
-            async with pool.connection() as conn:
-                return await store.active_keys(conn, fingerprints)
-
-        return cls(
-            limits,
-            verifier,
-            keys=KeyCache(active_keys).lookup,
-            write=GroupWriter(pool).store,
-            refusals=RefusalLog(pool.connection),
-            fresh_keys=active_keys,
-        )
-
-    @classmethod
-    def on_connection(cls, conn: psycopg.AsyncConnection, limits: Limits, verifier: Verifier = IN_PROCESS) -> Ingest:
-        """On one autocommit connection, for scripts and test fixtures: no cache, one writer."""
-
-        async def active_keys(fingerprints: Iterable[str]) -> KeyRing:
-            return await store.active_keys(conn, fingerprints)
-
-        async def write(manifests: Sequence[VerifiedManifest]) -> list[Outcome]:
-            return await store.store(conn, manifests)
-
-        @asynccontextmanager
-        async def connection() -> AsyncIterator[psycopg.AsyncConnection]:
-            yield conn
-
-        return cls(limits, verifier, keys=active_keys, write=write, refusals=RefusalLog(connection))
+        self.keys = KeyCache(pool)
+        self.writer = GroupWriter(pool)
+        self.refusals = RefusalLog(pool.connection)
 
     async def receive(self, items: Sequence[Any], client: str = "") -> list[Outcome]:
         """One Outcome per item, in order, for a request from `client` (an address).
@@ -151,7 +107,7 @@ class Ingest:
                 else:
                     verified.append((index, result))
             if verified:
-                stored = await self._write([manifest for _index, manifest in verified])
+                stored = await self.writer.store([manifest for _index, manifest in verified])
                 for (index, _manifest), outcome in zip(verified, stored, strict=True):
                     outcomes[index] = outcome
         answered = [outcome for outcome in outcomes if outcome is not None]
@@ -186,17 +142,15 @@ class Ingest:
 
     async def _verified(self, signed: list[tuple[int, SignedBy]]) -> list[VerifiedManifest | Outcome]:
         items = [item for _index, item in signed]
-        keys = await self._keys(item.fingerprint for item in items)
+        keys = await self.keys.lookup(item.fingerprint for item in items)
         results = await self.verifier.verify(items, keys, self.limits)
-        if self._fresh_keys is None:
-            return results
         # Cached keys may lack a host enrolled since: "not for this host" is only answered after
         # a look at the database. (A key retired since is refused by store's INSERT.)
         doubtful = [
             i for i, result in enumerate(results) if isinstance(result, Outcome) and result.code == "key_not_for_host"
         ]
         if doubtful:
-            fresh = await self._fresh_keys(items[i].fingerprint for i in doubtful)
+            fresh = await self.keys.fresh(items[i].fingerprint for i in doubtful)
             again = await IN_PROCESS.verify([items[i] for i in doubtful], fresh, self.limits)
             for i, result in zip(doubtful, again, strict=True):
                 results[i] = result

@@ -6,7 +6,7 @@ signs a receipt for every snapshot that arrives, copies each repository offsite 
 forgets and prunes weekly; an Ansible controller recording its weekly site.yml runs; and two
 enrolled hosts that never reported. Every manifest is chained (seq, prev) and signed by its
 machine's own OpenSSH key (made by ssh-keygen, signed with bk_evidence.sshsig), then delivered
-in batches through `bk_reporter.ingest_spine.Ingest` (on one connection), the code behind POST
+in batches through `bk_reporter.ingest_spine.Ingest` (on a pool of its own), the code behind POST
 /api/v1/manifests/batch: verification, validation, storage and derived state are the reporter's own.
 
 Every state is present on a known host (`SCENARIOS`), and `FleetFacts` says what the pages
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from bk_evidence import manifest as bk_manifest
 from bk_evidence import sshsig
@@ -479,8 +480,8 @@ def _batches(items: list[dict[str, str]]) -> Iterator[list[dict[str, str]]]:
 
 async def _deliver(app_url: str, envelopes: list[dict[str, str]]) -> int:
     stored = 0
-    async with await psycopg.AsyncConnection.connect(app_url, autocommit=True) as conn:
-        ingest = Ingest.on_connection(conn, LIMITS)
+    async with AsyncConnectionPool(app_url, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+        ingest = Ingest(pool, LIMITS)
         for batch in _batches(envelopes):
             outcomes = await ingest.receive(batch)
             refused = [o for o in outcomes if o.status != 201]
