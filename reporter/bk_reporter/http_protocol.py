@@ -1,10 +1,13 @@
-"""uvicorn's h11 protocol with a deadline for each request's headers.
+"""uvicorn's httptools protocol with a deadline for each request's headers.
 
 uvicorn times out idle keep-alive connections only after a first response, and resets that
 timer on any byte: a client that sends one header byte every few seconds holds a connection
 (and a file descriptor) forever, and a few hundred such clients exhaust the server. Here the
 headers of every request must be complete within `header_timeout_seconds` of the connection
 opening or the previous response ending; otherwise the connection is closed.
+
+httptools (a C parser) rather than h11 (pure Python): parsing and writing HTTP was a quarter of
+the server's CPU for single-manifest POSTs with h11 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-class HeaderDeadlineH11Protocol(H11Protocol):
+class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout_seconds: float = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -30,15 +33,14 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         self._disarm_header_deadline()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        scope_before = getattr(self, "scope", None)
-        super().handle_events()
-        if getattr(self, "scope", None) is not scope_before:
-            self._disarm_header_deadline()
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # A pipelined request that has already started has its headers: no deadline for it.
+        if not self.transport.is_closing() and self.cycle.response_complete:
             self._arm_header_deadline()
 
     def _arm_header_deadline(self) -> None:
@@ -56,6 +58,6 @@ class HeaderDeadlineH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def with_header_deadline(seconds: float) -> type[HeaderDeadlineH11Protocol]:
+def with_header_deadline(seconds: float) -> type[HeaderDeadlineProtocol]:
     """The protocol class for uvicorn.Config(http=...), with this deadline."""
-    return type("HeaderDeadlineH11Protocol", (HeaderDeadlineH11Protocol,), {"header_timeout_seconds": seconds})
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_seconds": seconds})

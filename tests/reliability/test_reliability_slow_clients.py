@@ -1,8 +1,9 @@
 """Slow clients cannot exhaust the reporter: headers and bodies that drip in are cut off.
 
 The attack: hundreds of loopback connections that each send one byte every second, some
-within the request headers, some within an ingest body, while the pages and /healthz are
-asked for. Every loop here is bounded; the drip stops by itself.
+within the request headers (of a first request, or of the next one on a kept-alive connection),
+some within an ingest body, while the pages and /healthz are asked for. Every loop here is
+bounded; the drip stops by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 from support.reporters import ReporterDatabase, reporter_process
 
 HEADER_DRIPPERS = 400
+NEXT_HEADER_DRIPPERS = 20
 BODY_DRIPPERS = 20
 TIMEOUT_SECONDS = 3
 DRIP_ROUNDS = 10  # one byte a second per connection: well past both timeouts
@@ -26,6 +28,23 @@ ANSWER_WITHIN_SECONDS = 3.0
 def _open(port: int, first_bytes: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(first_bytes)
+    sock.setblocking(False)
+    return sock
+
+
+def _open_after_one_answer(port: int) -> socket.socket:
+    """A kept-alive connection that was answered once and is now sending its next request's headers."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: reporter\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: reporter\r\nX-Slow: ")
     sock.setblocking(False)
     return sock
 
@@ -54,6 +73,7 @@ def test_dripping_clients_are_cut_off_while_pages_and_health_still_answer(
         header_drippers = [
             _open(reporter.port, b"GET / HTTP/1.1\r\nHost: reporter\r\nX-Slow: ") for _dripper in range(HEADER_DRIPPERS)
         ]
+        header_drippers += [_open_after_one_answer(reporter.port) for _dripper in range(NEXT_HEADER_DRIPPERS)]
         body_drippers = [
             _open(
                 reporter.port,
