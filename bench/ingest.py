@@ -13,7 +13,8 @@ On loopback, with a private PostgreSQL cluster with fsync on, in one run it prin
    nobody's clock (no coordinated omission);
 
 each with its ratio to the raw rate, and checks that nothing was lost (rows stored equal
-2xx answers). The reporter runs as `bk-reporter serve` in its own process; the load
+2xx answers). Each phase starts after a CHECKPOINT and a sync (`settle`), with no writes of an
+earlier phase pending. The reporter runs as `bk-reporter serve` in its own process; the load
 generator is a small keep-alive HTTP/1.1 client on asyncio, so that its own cost stays low.
 
     .venv/bin/python bench/ingest.py [--single 6000] [--batch 30000] [--batch-size 500]
@@ -348,6 +349,17 @@ def start_reporter(cluster: LocalCluster, database: str, port: int) -> subproces
     raise RuntimeError("the reporter did not start")
 
 
+def settle(owner_url: str) -> None:
+    """Write out what earlier phases left in memory, so that no phase waits on another's writes.
+
+    PostgreSQL's dirty buffers and the kernel's dirty pages of a phase are otherwise written
+    back some 30 s later, in a burst that stalls every commit's WAL flush behind it: hundreds
+    of milliseconds in the middle of the next phase (as pgbench checkpoints before a run)."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+    os.sync()
+
+
 def stored_events(owner_url: str) -> int:
     with psycopg.connect(owner_url) as conn:
         return conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -547,9 +559,11 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace, resu
     owner_url = cluster.url("bench")
     db.migrate(owner_url, APP_ROLE)
     workload = prepare(owner_url, scratch, args)
+    settle(owner_url)
     raw_rate = raw_insert_rate(owner_url, workload.raw)
     print(f"raw executemany insert:   {raw_rate:9.0f} rows/s       (ratio 1.00; {args.raw} rows, one transaction)")
     results["raw"] = {"rows": args.raw, "rate": raw_rate}
+    settle(owner_url)
     store_rate = store_only_rate(owner_url, workload.raw_fleet, workload.raw, args.batch_size)
     ratio = store_rate / raw_rate
     print(
@@ -564,6 +578,7 @@ def measure(cluster: LocalCluster, scratch: Path, args: argparse.Namespace, resu
     answered: list[Answers] = []
     try:
         for key, phase in phases(port, workload, args).items():
+            settle(owner_url)
             answers = run_phase(key, phase, raw_rate, meter, results=results)
             answers.rows_after = stored_events(owner_url) - before - sum(earlier.rows_after for earlier in answered)
             answered.append(answers)
