@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,3 +278,64 @@ def test_a_signature_by_an_rsa_key_under_2048_bits_does_not_verify(rsa_1024_key:
     assert keygen_verify(tmp_path, MESSAGE, armored, weak_line)
     with pytest.raises(sshsig.SignatureError, match="RSA key has 1024 bits; at least 2048 are required"):
         sshsig.verify(MESSAGE, armored, [weak_line])
+
+
+# -- Ed25519 through libsodium ---------------------------------------------------------------
+
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
+# Encodings of points of small order (1, 2, 4 and 8): keys under which one signature can
+# verify for many messages. OpenSSL's check accepts (identity, identity, S = 0) for any message.
+SMALL_ORDER_POINTS = [
+    bytes([1]) + bytes(31),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes(32),
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+]
+
+
+def _openssl_accepts(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _libsodium_accepts(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        sshsig.LibsodiumEd25519Key(public).verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_ed25519_signatures_are_checked_by_libsodium(keys: dict[str, Path]) -> None:
+    signature = sshsig.sign(MESSAGE, str(keys["ed25519"]))
+    key = sshsig._load_public_key(sshsig.parse(signature).public_blob, "ssh-ed25519")
+    assert isinstance(key, sshsig.LibsodiumEd25519Key)
+    assert sshsig.verify(MESSAGE, signature, [public_line(keys["ed25519"])])
+
+
+@settings(max_examples=300)
+@given(message=st.binary(max_size=200), data=st.data())
+def test_libsodium_accepts_no_ed25519_signature_that_openssl_refuses(message: bytes, data: st.DataObject) -> None:
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(data.draw(st.binary(min_size=32, max_size=32)))
+    public, signature = private.public_key().public_bytes_raw(), private.sign(message)
+    assert _openssl_accepts(public, signature, message) and _libsodium_accepts(public, signature, message)
+    s = int.from_bytes(signature[32:], "little")
+    flipped = bytearray(signature)
+    flipped[data.draw(st.integers(0, 63))] ^= data.draw(st.integers(1, 255))
+    forgeries = [signature[:32] + (s + ED25519_ORDER).to_bytes(32, "little"), bytes(flipped)]  # S not reduced
+    for forged in forgeries:
+        assert not _libsodium_accepts(public, forged, message) or _openssl_accepts(public, forged, message)
+    other = message + data.draw(st.binary(min_size=1, max_size=8))
+    assert not _libsodium_accepts(public, signature, other)
+
+
+@pytest.mark.parametrize("point", SMALL_ORDER_POINTS, ids=lambda point: point.hex()[:8])
+def test_libsodium_refuses_small_order_keys_openssl_would_let_through(point: bytes) -> None:
+    forged = SMALL_ORDER_POINTS[0] + bytes(32)  # R the identity, S = 0
+    assert not _libsodium_accepts(point, forged, MESSAGE)
+    if point == SMALL_ORDER_POINTS[0]:
+        assert _openssl_accepts(point, forged, MESSAGE)
