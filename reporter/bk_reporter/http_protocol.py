@@ -6,8 +6,8 @@ timer on any byte: a client that sends one header byte every few seconds holds a
 headers of every request must be complete within `header_timeout_seconds` of the connection
 opening or the previous response ending; otherwise the connection is closed.
 
-httptools (a C parser) rather than h11 (pure Python): parsing and writing HTTP was a quarter of
-the server's CPU for single-manifest POSTs with h11 (docs/benchmarks.md).
+httptools (a C parser) rather than h11 (pure Python): with h11, parsing and writing HTTP takes
+about a quarter of the server's time on single-manifest POSTs (docs/benchmarks.md).
 """
 
 from __future__ import annotations
