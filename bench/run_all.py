@@ -190,8 +190,9 @@ def converge_from_log(path: Path) -> dict[str, object]:
     }
 
 
-def site_run(inventory: list[str]) -> dict[str, object]:
-    """One timed site.yml run: wall seconds, the controller's CPU seconds, the recap, the load."""
+def site_run(inventory: list[str], log: Path) -> dict[str, object]:
+    """One timed site.yml run: wall seconds, the controller's CPU seconds, the recap, the load; its
+    output is kept in LOG, so that a failed run can be read after the fleet is gone."""
     load_start = load()
     before = os.times()
     started = time.monotonic()
@@ -204,12 +205,14 @@ def site_run(inventory: list[str]) -> dict[str, object]:
     )
     seconds = time.monotonic() - started
     after = os.times()
+    log.write_text(completed.stdout + completed.stderr)
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     found = recaps(completed.stdout)
     return {
         "seconds": seconds,
         "controller_cpu": cpu,
         "exit": completed.returncode,
+        "log": str(log.relative_to(REPO)),
         "recap": found[-1] if found else None,
         "load": [load_start, load()],
     }
@@ -233,7 +236,8 @@ def converge_fleet(hosts: int) -> dict[str, object]:
     subprocess.run([*lab, "up", *names], cwd=REPO, env=env, check=True)
     try:
         inventory = ["-i", str(inventory_file), "-i", str(REPO / CONVERGE_STATE / "ssh-inventory.yml")]
-        runs = [site_run(inventory) for _index in range(2)]
+        logs = [inventory_file.with_name(f"converge-{hosts}-{run}.log") for run in ("first", "second")]
+        runs = [site_run(inventory, log) for log in logs]
     finally:
         subprocess.run([*lab, "down", *names], cwd=REPO, env=env, check=False)
     return {"hosts": hosts, "runs": runs}
@@ -485,12 +489,21 @@ def _shown_word(word: str) -> str:
     return "FILE" if word.startswith(tempfile.gettempdir() + "/") else word
 
 
+def exit_text(run: dict) -> str:
+    """The exit status; for a failed run, the hosts that failed or were unreachable and the kept log."""
+    if run["exit"] == 0:
+        return "0"
+    recap = run["recap"] or {}
+    hosts = sorted(host for host, counts in recap.items() if counts.get("failed") or counts.get("unreachable"))
+    return f"{run['exit']} ({', '.join(hosts) or 'no recap'}; log `{run.get('log', '?')}`)"
+
+
 def converge_fleets_section(converge: dict) -> list[str]:
     rows = []
     for fleet in converge["fleets"]:
         for name, run in zip(("first", "second"), fleet["runs"], strict=True):
             rows.append(
-                f"| {fleet['hosts']} | {name} | {run['seconds']:.1f} | {run['controller_cpu']:.1f} | {run['exit']} "
+                f"| {fleet['hosts']} | {name} | {run['seconds']:.1f} | {run['controller_cpu']:.1f} | {exit_text(run)} "
                 f"| {changed_total(run['recap'])} | {run['load'][0]} / {run['load'][1]} |"
             )
     lines = [
