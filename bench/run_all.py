@@ -494,8 +494,8 @@ def exit_text(run: dict) -> str:
     if run["exit"] == 0:
         return "0"
     recap = run["recap"] or {}
-    hosts = sorted(host for host, counts in recap.items() if counts.get("failed") or counts.get("unreachable"))
-    return f"{run['exit']} ({', '.join(hosts) or 'no recap'}; log `{run.get('log', '?')}`)"
+    hosts = sorted(host for host, counts in recap.items() if counts["failed"] or counts["unreachable"])
+    return f"{run['exit']} ({', '.join(hosts) or 'no recap'}; log `{run['log']}`)"
 
 
 def converge_fleets_section(converge: dict) -> list[str]:
