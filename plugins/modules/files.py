@@ -19,6 +19,8 @@ description:
     rendered on the controller (a C(template) lookup) and travels in the module's arguments, so the module is meant
     for configuration files and units, not for large files.
   - Removes nothing.
+  - Reads back the small files of O(read) in the same run (a version marker, say), as they are before anything is
+    written: one round trip instead of one more for a M(ansible.builtin.slurp) task.
 author:
   - bk developers (@bkfleet)
 extends_documentation_fragment:
@@ -67,6 +69,11 @@ options:
         description: Owning group.
         type: str
         default: root
+  read:
+    description: Absolute paths of small text files to return in RV(contents).
+    type: list
+    elements: path
+    default: []
 """
 
 EXAMPLES = r"""
@@ -85,6 +92,11 @@ changed_paths:
   type: list
   elements: str
   sample: [/etc/systemd/system/bk-flush.service]
+contents:
+  description: Each path of O(read) and its text (decoded as UTF-8), or null where no such file exists.
+  returned: always
+  type: dict
+  sample: {/usr/local/lib/bk/.bk-package: "3f1c...\n"}
 """
 
 import grp
@@ -189,11 +201,20 @@ def put(entry: Dict[str, Any], check: bool, diffs: List[Dict[str, str]]) -> bool
     return changed
 
 
+def read_text(path: str) -> Optional[str]:
+    data = read(path)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"files": {"type": "list", "elements": "dict", "required": True, "options": ENTRY}},
+        argument_spec={
+            "files": {"type": "list", "elements": "dict", "required": True, "options": ENTRY},
+            "read": {"type": "list", "elements": "path", "default": []},
+        },
         supports_check_mode=True,
     )
+    contents = {path: read_text(path) for path in module.params["read"]}
     changed_paths: List[str] = []
     diffs: List[Dict[str, str]] = []
     for entry in module.params["files"]:
@@ -201,8 +222,8 @@ def main() -> None:
             if put(entry, module.check_mode, diffs):
                 changed_paths.append(entry["path"])
         except (OSError, KeyError, ValueError) as error:
-            module.fail_json(msg=f"{entry['path']}: {error}", changed_paths=changed_paths)
-    result: Dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths}
+            module.fail_json(msg=f"{entry['path']}: {error}", changed_paths=changed_paths, contents=contents)
+    result: Dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths, "contents": contents}
     if module._diff:
         result["diff"] = diffs
     module.exit_json(**result)

@@ -10,11 +10,11 @@ from pathlib import Path
 from support.playbooks import run_playbook
 
 
-def put(tmp_path: Path, files: list[dict], *options: str) -> dict:
-    """The module's result for FILES, saved by the play and read back."""
+def put(tmp_path: Path, files: list[dict], *options: str, read: tuple[str, ...] = ()) -> dict:
+    """The module's result for FILES (and the paths to READ), saved by the play and read back."""
     result = tmp_path / "result.json"
     tasks = [
-        {"bkfleet.backup.files": {"files": files}, "register": "put"},
+        {"bkfleet.backup.files": {"files": files, "read": list(read)}, "register": "put"},
         {
             "ansible.builtin.copy": {"content": "{{ put | to_json }}", "dest": str(result), "mode": "0600"},
             "check_mode": False,
@@ -105,3 +105,15 @@ def test_attributes_of_a_missing_path_fail_naming_it(tmp_path: Path) -> None:
     assert played.returncode != 0
     assert f"{missing} does not exist" in played.stdout
     assert not missing.exists()
+
+
+def test_read_returns_the_files_as_they_were_before_the_run_and_null_for_a_missing_one(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    marker = root / "etc" / "bk" / "bk.json"
+    put(tmp_path, wanted(root))
+    marker.write_text("an older version\n")
+    missing = root / "etc" / "bk" / "absent"
+    result = put(tmp_path, wanted(root), read=(str(marker), str(missing)))
+    assert result["contents"] == {str(marker): "an older version\n", str(missing): None}
+    assert result["changed_paths"] == [str(marker)]
+    assert marker.read_text() == '{"host": "web1"}\n'
