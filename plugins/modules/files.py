@@ -18,7 +18,7 @@ description:
     M(ansible.builtin.template) or M(ansible.builtin.copy) costs that per item. The content is
     rendered on the controller (a C(template) lookup) and travels in the module's arguments, so the module is meant
     for configuration files and units, not for large files.
-  - Removes nothing.
+  - Removes only what O(prune) asks for: the files of a directory it keeps to exactly those of O(files).
   - Reads back the small files of O(read) in the same run (a version marker, say), as they are before anything is
     written: one round trip instead of one more for a M(ansible.builtin.slurp) task.
 author:
@@ -69,6 +69,24 @@ options:
         description: Owning group.
         type: str
         default: root
+  prune:
+    description:
+      - Directories to keep to exactly the files of O(files). A file directly in one of them whose name matches
+        one of its patterns, and which is not a path of O(files), is removed after the files are put in place.
+      - A directory that does not exist is left alone.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path of the directory.
+        type: path
+        required: true
+      patterns:
+        description: Shell patterns (C(*.password)) matched against each file's name.
+        type: list
+        elements: str
+        required: true
   read:
     description: Absolute paths of small text files to return in RV(contents).
     type: list
@@ -87,7 +105,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_paths:
-  description: The paths created or changed (in check mode, those that would be), in the order given.
+  description: The paths created, changed or removed (in check mode, those that would be), in the order given, the
+    removed ones last.
   returned: always
   type: list
   elements: str
@@ -96,14 +115,16 @@ contents:
   description: Each path of O(read) and its text (decoded as UTF-8), or null where no such file exists.
   returned: always
   type: dict
-  sample: {/usr/local/lib/bk/.bk-package: "3f1c...\n"}
+  sample:
+    /usr/local/lib/bk/.bk-package: "67e2d5e6c861169c\n"
 """
 
+import fnmatch
 import grp
 import os
 import pwd
 import stat
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -116,6 +137,12 @@ ENTRY = {
     "mode": {"type": "str", "default": "0644"},
     "owner": {"type": "str", "default": "root"},
     "group": {"type": "str", "default": "root"},
+}
+
+
+PRUNE = {
+    "path": {"type": "path", "required": True},
+    "patterns": {"type": "list", "elements": "str", "required": True},
 }
 
 
@@ -201,6 +228,33 @@ def put(entry: Dict[str, Any], check: bool, diffs: List[Dict[str, str]]) -> bool
     return changed
 
 
+def strays(directory: str, patterns: List[str], kept: Set[str]) -> List[str]:
+    """The files directly in DIRECTORY whose names match PATTERNS and which are not KEPT, sorted."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    found = [
+        os.path.normpath(entry.path)
+        for entry in entries
+        if not entry.is_dir(follow_symlinks=False)
+        and any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in patterns)
+    ]
+    return sorted(path for path in found if path not in kept)
+
+
+def prune(directories: List[Dict[str, Any]], kept: Set[str], check: bool, diffs: List[Dict[str, str]]) -> List[str]:
+    """Removes the strays of each directory; the paths removed (in check mode, that would be)."""
+    removed: List[str] = []
+    for directory in directories:
+        for path in strays(directory["path"], directory["patterns"], kept):
+            diffs.append({"before_header": path, "after_header": path, "before": "(present)\n", "after": "(absent)\n"})
+            if not check:
+                os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def read_text(path: str) -> Optional[str]:
     data = read(path)
     return None if data is None else data.decode("utf-8", "replace")
@@ -210,6 +264,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "files": {"type": "list", "elements": "dict", "required": True, "options": ENTRY},
+            "prune": {"type": "list", "elements": "dict", "default": [], "options": PRUNE},
             "read": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
@@ -223,6 +278,11 @@ def main() -> None:
                 changed_paths.append(entry["path"])
         except (OSError, KeyError, ValueError) as error:
             module.fail_json(msg=f"{entry['path']}: {error}", changed_paths=changed_paths, contents=contents)
+    kept = {os.path.normpath(entry["path"]) for entry in module.params["files"]}
+    try:
+        changed_paths += prune(module.params["prune"], kept, module.check_mode, diffs)
+    except OSError as error:
+        module.fail_json(msg=f"pruning: {error}", changed_paths=changed_paths, contents=contents)
     result: Dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths, "contents": contents}
     if module._diff:
         result["diff"] = diffs

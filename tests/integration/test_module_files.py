@@ -10,11 +10,13 @@ from pathlib import Path
 from support.playbooks import run_playbook
 
 
-def put(tmp_path: Path, files: list[dict], *options: str, read: tuple[str, ...] = ()) -> dict:
-    """The module's result for FILES (and the paths to READ), saved by the play and read back."""
+def put(
+    tmp_path: Path, files: list[dict], *options: str, read: tuple[str, ...] = (), prune: list[dict] | None = None
+) -> dict:
+    """The module's result for FILES (the paths to READ, the directories to PRUNE), saved by the play and read back."""
     result = tmp_path / "result.json"
     tasks = [
-        {"bkfleet.backup.files": {"files": files, "read": list(read)}, "register": "put"},
+        {"bkfleet.backup.files": {"files": files, "read": list(read), "prune": prune or []}, "register": "put"},
         {
             "ansible.builtin.copy": {"content": "{{ put | to_json }}", "dest": str(result), "mode": "0600"},
             "check_mode": False,
@@ -117,3 +119,31 @@ def test_read_returns_the_files_as_they_were_before_the_run_and_null_for_a_missi
     assert result["contents"] == {str(marker): "an older version\n", str(missing): None}
     assert result["changed_paths"] == [str(marker)]
     assert marker.read_text() == '{"host": "web1"}\n'
+
+
+def test_prune_removes_only_the_matching_files_not_given_and_check_mode_keeps_them(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(tmp_path, wanted(root))
+    directory = root / "etc" / "bk"
+    stray, other, subdirectory = directory / "old.json", directory / "notes.txt", directory / "kept.json.d"
+    stray.write_text("{}\n")
+    other.write_text("not ours\n")
+    subdirectory.mkdir()
+    prune = [{"path": str(directory) + "/", "patterns": ["*.json", "secret"]}]
+
+    checked = put(tmp_path, wanted(root), "--check", prune=prune)
+    assert checked["changed_paths"] == [str(stray)]
+    assert stray.exists()
+
+    pruned = put(tmp_path, wanted(root), prune=prune)
+    assert pruned["changed_paths"] == [str(stray)]
+    assert not stray.exists()
+    assert other.exists() and subdirectory.is_dir()
+    assert (directory / "bk.json").exists() and (directory / "secret").exists()
+    assert put(tmp_path, wanted(root), prune=prune)["changed"] is False
+
+
+def test_prune_leaves_a_missing_directory_alone(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result = put(tmp_path, wanted(root), prune=[{"path": str(tmp_path / "absent"), "patterns": ["*"]}])
+    assert result["changed_paths"] == [entry["path"] for entry in wanted(root)]
