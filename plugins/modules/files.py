@@ -18,9 +18,9 @@ description:
     M(ansible.builtin.template) or M(ansible.builtin.copy) costs that per item. The content is
     rendered on the controller (a C(template) lookup) and travels in the module's arguments, so the module is meant
     for configuration files and units, not for large files.
-  - Removes only what O(prune) asks for: the files of a directory it keeps to exactly those of O(files).
+  - Removes only the files that O(prune) names, in a directory it keeps to exactly those of O(files).
   - Reads back the small files of O(read) in the same run (a version marker, say), as they are before anything is
-    written: one round trip instead of one more for a M(ansible.builtin.slurp) task.
+    written; one round trip instead of one more for a M(ansible.builtin.slurp) task.
 author:
   - bk developers (@bkfleet)
 extends_documentation_fragment:
