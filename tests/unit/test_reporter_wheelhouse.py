@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "roles" / "reporter" / "tasks" / "install.yml"
+BUILD = REPO / "roles" / "reporter" / "tasks" / "build.yml"
 WHEELS = ("bk_reporter-1.0-py3-none-any.whl", "psycopg-3.2-cp311-manylinux_2_28_x86_64.whl", "uvicorn-0.30-py3.whl")
 
 # `python -m pip wheel ... --wheel-dir DIR ...` and `python -m pip download ... --dest DIR ...`:
@@ -39,8 +39,7 @@ done
 
 
 def build_task() -> dict:
-    block = next(task for task in yaml.safe_load(INSTALL.read_text()) if task.get("block"))
-    return next(task for task in block["block"] if task["name"].startswith("Build the wheelhouse"))
+    return next(task for task in yaml.safe_load(BUILD.read_text()) if task["name"].startswith("Build the wheelhouse"))
 
 
 def start_build(tmp_path: Path, wheelhouse: Path, **env: str) -> subprocess.Popen[str]:
