@@ -54,3 +54,35 @@ def test_files_without_into_are_stored_by_their_name(tmp_path) -> None:
     (tmp_path / "in" / "one.whl").write_bytes(b"1")
     packed = pack(tmp_path / "out", str(tmp_path / "in"))
     assert packed["files"] == ["one.whl"]
+
+
+def test_a_required_file_that_is_missing_is_named_and_nothing_is_packed(tmp_path) -> None:
+    # As the role calls it with a runner_source_dir that holds bk_evidence but no bk_run.
+    evidence = [str(path) for path in (REPO / "plugins" / "module_utils").glob("*.py")]
+    command = [
+        sys.executable,
+        str(PACK),
+        str(tmp_path / "out"),
+        "bk-run",
+        "--require",
+        "bk_evidence/manifest.py",
+        "--require",
+        "bk_run/cli.py",
+        "--into",
+        "bk_evidence",
+        *evidence,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "bk_run/cli.py not among the files found" in result.stderr
+    assert "bk_evidence/manifest.py" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_required_files_that_are_present_pack_as_without_the_option(tmp_path) -> None:
+    plain = pack(tmp_path / "a", *runner_inputs())
+    required = pack(
+        tmp_path / "b", "--require", "bk_evidence/manifest.py", "--require", "bk_run/cli.py", *runner_inputs()
+    )
+    assert required["hash"] == plain["hash"]
+    assert required["files"] == plain["files"]

@@ -1,9 +1,13 @@
 """The systemctl_show filter on what `systemctl show --property=Id,UnitFileState,ActiveState` printed on a
-converged lab hub (systemd prints the properties in its own order), and a unit it does not have."""
+converged lab hub (systemd prints the properties in its own order), and a unit it does not have; and
+systemd_units_to_change on the same output."""
 
 from __future__ import annotations
 
-from ansible_collections.bkfleet.backup.plugins.filter.systemd import systemctl_show
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.bkfleet.backup.plugins.filter.systemd import systemctl_show, systemd_units_to_change
 
 OUTPUT = """Id=bk-flush.timer
 ActiveState=active
@@ -29,3 +33,28 @@ def test_each_unit_is_found_by_its_id_with_its_fields() -> None:
 
 def test_no_output_gives_no_units() -> None:
     assert systemctl_show("") == {}
+
+
+def test_units_as_wanted_are_left_alone_and_the_others_named() -> None:
+    wanted = {
+        "bk-flush.timer": "enabled",
+        "restic-rest-server.service": "masked",
+        "bk-backup-gone.timer": "enabled",
+        "bk-absent.service": "disabled",
+    }
+    assert systemd_units_to_change(OUTPUT, wanted) == ["bk-backup-gone.timer", "bk-absent.service"]
+
+
+def test_a_running_unit_wanted_off_is_to_change() -> None:
+    assert systemd_units_to_change(OUTPUT, {"bk-flush.timer": "disabled"}) == ["bk-flush.timer"]
+    assert systemd_units_to_change(OUTPUT, {"restic-rest-server.service": "enabled"}) == ["restic-rest-server.service"]
+
+
+def test_a_failed_unit_wanted_disabled_is_as_wanted() -> None:
+    failed = "Id=bk-hub-maintenance.service\nActiveState=failed\nUnitFileState=disabled\n"
+    assert systemd_units_to_change(failed, {"bk-hub-maintenance.service": "disabled"}) == []
+
+
+def test_an_unknown_wanted_state_is_refused() -> None:
+    with pytest.raises(AnsibleFilterError, match="'started' is not enabled, disabled or masked"):
+        systemd_units_to_change(OUTPUT, {"bk-flush.timer": "started"})

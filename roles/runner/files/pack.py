@@ -2,9 +2,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pack files into a reproducible tar on the controller, named by a hash of their contents.
 
-Usage: pack.py OUTPUT_DIR PREFIX [--into SUBDIR] FILE... (or a directory: its files,
-not recursive). Files after ``--into SUBDIR`` are stored as SUBDIR/NAME, the others
-as NAME, so one tar can hold several packages. Prints {"hash": ..., "tar": ...,
+Usage: pack.py OUTPUT_DIR PREFIX [--require NAME]... [--into SUBDIR] FILE... (or a
+directory: its files, not recursive). Files after ``--into SUBDIR`` are stored as
+SUBDIR/NAME, the others as NAME, so one tar can hold several packages. A stored NAME
+given with ``--require`` that is not among them is an error (exit 2). Prints {"hash": ..., "tar": ...,
 "files": [stored names]}. The same inputs give the same bytes (sorted names, mtime 0,
 root-owned, mode 0644), so a host holding the hash already holds these files. An
 existing tar is reused.
@@ -21,8 +22,17 @@ import tarfile
 
 
 def main() -> int:
-    out_dir, prefix, *inputs = sys.argv[1:]
+    out_dir, prefix, *arguments = sys.argv[1:]
+    required, inputs = _split_required(arguments)
     members = sorted(_members(inputs))
+    missing = sorted(set(required) - {stored for stored, _path in members})
+    if missing:
+        found_in = sorted({os.path.dirname(path) for _stored, path in members})
+        print(
+            f"pack.py: {', '.join(missing)} not among the files found (in: {', '.join(found_in) or 'nowhere'})",
+            file=sys.stderr,
+        )
+        return 2
     digest = hashlib.sha256()
     for stored, path in members:
         with open(path, "rb") as handle:
@@ -50,6 +60,19 @@ def main() -> int:
         os.replace(tmp, tar_path)
     json.dump({"hash": name, "tar": tar_path, "files": [stored for stored, _path in members]}, sys.stdout)
     return 0
+
+
+def _split_required(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """The names given with --require, and the other arguments."""
+    required: list[str] = []
+    rest: list[str] = []
+    items = iter(arguments)
+    for item in items:
+        if item == "--require":
+            required.append(next(items))
+        else:
+            rest.append(item)
+    return required, rest
 
 
 def _members(inputs: list[str]) -> list[tuple[str, str]]:
