@@ -1,24 +1,13 @@
 # Copyright: bk developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The units of one `systemctl show --property=Id,UnitFileState,ActiveState` run, so that a role asks
-systemd once for all its units and starts a systemd_service task only for the ones not yet as wanted."""
+"""Which of a role's systemd units are not yet as wanted, by the state the files module read
+(bkfleet.backup.files, option units), so that a role starts a systemd_service task only for those."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
 from ansible.errors import AnsibleFilterError
-
-
-def systemctl_show(output: str) -> Dict[str, Dict[str, str]]:
-    """Each unit's KEY=value lines (one block per unit, blocks apart by an empty line), by its Id."""
-    units: Dict[str, Dict[str, str]] = {}
-    for block in output.split("\n\n"):
-        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        if fields:
-            units[fields.get("Id", "")] = fields
-    return units
-
 
 # What each wanted unit file state means for the unit's ActiveState.
 ACTIVE_STATES_FOR = {
@@ -28,10 +17,9 @@ ACTIVE_STATES_FOR = {
 }
 
 
-def systemd_units_to_change(output: str, wanted: Dict[str, str]) -> List[str]:
-    """The units of ``wanted`` (unit: enabled, disabled or masked) that systemd, as ``output`` shows it,
-    does not hold in that state: enabled and active, or disabled (masked) and not running."""
-    units = systemctl_show(output)
+def systemd_units_to_change(units: Dict[str, Dict[str, str]], wanted: Dict[str, str]) -> List[str]:
+    """The units of ``wanted`` (unit: enabled, disabled or masked) that ``units`` (each unit's UnitFileState and
+    ActiveState) does not show in that state: enabled and active, or disabled (masked) and not running."""
     to_change = []
     for unit, state in wanted.items():
         if state not in ACTIVE_STATES_FOR:
@@ -44,4 +32,4 @@ def systemd_units_to_change(output: str, wanted: Dict[str, str]) -> List[str]:
 
 class FilterModule:
     def filters(self) -> Dict[str, Callable[..., Any]]:
-        return {"systemctl_show": systemctl_show, "systemd_units_to_change": systemd_units_to_change}
+        return {"systemd_units_to_change": systemd_units_to_change}

@@ -21,6 +21,8 @@ description:
   - Removes only the files that O(prune) names, in a directory it keeps to exactly those of O(files).
   - Reads back the small files of O(read) in the same run (a version marker, say), as they are before anything is
     written; one round trip instead of one more for a M(ansible.builtin.slurp) task.
+  - Lists the files of O(list) and reads the state of the systemd units of O(units) the same way, before anything is
+    written, saving the round trip of a M(ansible.builtin.find) or a C(systemctl show) task.
 author:
   - bk developers (@bkfleet)
 extends_documentation_fragment:
@@ -92,6 +94,31 @@ options:
     type: list
     elements: path
     default: []
+  list:
+    description:
+      - Directories whose files to return in RV(listed), each file directly in one of them whose name matches one of
+        its patterns. A directory that does not exist lists nothing.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path of the directory.
+        type: path
+        required: true
+      patterns:
+        description: Shell patterns (C(bk-backup-*.timer)) matched against each file's name.
+        type: list
+        elements: str
+        required: true
+  units:
+    description:
+      - systemd units whose state to return in RV(units), read with one C(systemctl show) before anything is written.
+      - The caller compares it with what it wants (the P(bkfleet.backup.systemd_units_to_change#filter) filter) and
+        starts a systemd_service task only for the units not yet as wanted.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -117,6 +144,21 @@ contents:
   type: dict
   sample:
     /usr/local/lib/bk/.bk-package: "67e2d5e6c861169c\n"
+listed:
+  description: The files O(list) found, sorted.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/bk/jobs/etc.json]
+units:
+  description:
+    - Each unit of O(units) systemd reported, by name, with its C(UnitFileState) and C(ActiveState). A unit systemd
+      does not know is reported inactive with an empty C(UnitFileState); on a host where C(systemctl show) fails,
+      no unit is reported.
+  returned: always
+  type: dict
+  sample:
+    bk-flush.timer: {UnitFileState: enabled, ActiveState: active}
 """
 
 import fnmatch
@@ -140,7 +182,7 @@ ENTRY = {
 }
 
 
-PRUNE = {
+DIRECTORY_PATTERNS = {
     "path": {"type": "path", "required": True},
     "patterns": {"type": "list", "elements": "str", "required": True},
 }
@@ -255,6 +297,30 @@ def prune(directories: List[Dict[str, Any]], kept: Set[str], check: bool, diffs:
     return removed
 
 
+def listed(directories: List[Dict[str, Any]]) -> List[str]:
+    """The files of each directory whose names match its patterns, sorted."""
+    return sorted(path for directory in directories for path in strays(directory["path"], directory["patterns"], set()))
+
+
+def systemctl_show(output: str) -> Dict[str, Dict[str, str]]:
+    """Each unit's fields in the output of `systemctl show --property=Id,...` (one block of KEY=value lines per
+    unit, blocks apart by an empty line), by its Id."""
+    units: Dict[str, Dict[str, str]] = {}
+    for block in output.split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if fields.get("Id"):
+            units[fields.pop("Id")] = fields
+    return units
+
+
+def unit_states(module: AnsibleModule, units: List[str]) -> Dict[str, Dict[str, str]]:
+    if not units:
+        return {}
+    command = ["systemctl", "show", "--property=Id,UnitFileState,ActiveState", "--", *units]
+    rc, out, _err = module.run_command(command)
+    return systemctl_show(out) if rc == 0 else {}
+
+
 def read_text(path: str) -> Optional[str]:
     data = read(path)
     return None if data is None else data.decode("utf-8", "replace")
@@ -264,12 +330,15 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "files": {"type": "list", "elements": "dict", "required": True, "options": ENTRY},
-            "prune": {"type": "list", "elements": "dict", "default": [], "options": PRUNE},
+            "prune": {"type": "list", "elements": "dict", "default": [], "options": DIRECTORY_PATTERNS},
             "read": {"type": "list", "elements": "path", "default": []},
+            "list": {"type": "list", "elements": "dict", "default": [], "options": DIRECTORY_PATTERNS},
+            "units": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     contents = {path: read_text(path) for path in module.params["read"]}
+    before = {"listed": listed(module.params["list"]), "units": unit_states(module, module.params["units"])}
     changed_paths: List[str] = []
     diffs: List[Dict[str, str]] = []
     for entry in module.params["files"]:
@@ -277,13 +346,18 @@ def main() -> None:
             if put(entry, module.check_mode, diffs):
                 changed_paths.append(entry["path"])
         except (OSError, KeyError, ValueError) as error:
-            module.fail_json(msg=f"{entry['path']}: {error}", changed_paths=changed_paths, contents=contents)
+            module.fail_json(msg=f"{entry['path']}: {error}", changed_paths=changed_paths, contents=contents, **before)
     kept = {os.path.normpath(entry["path"]) for entry in module.params["files"]}
     try:
         changed_paths += prune(module.params["prune"], kept, module.check_mode, diffs)
     except OSError as error:
-        module.fail_json(msg=f"pruning: {error}", changed_paths=changed_paths, contents=contents)
-    result: Dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths, "contents": contents}
+        module.fail_json(msg=f"pruning: {error}", changed_paths=changed_paths, contents=contents, **before)
+    result: Dict[str, Any] = {
+        "changed": bool(changed_paths),
+        "changed_paths": changed_paths,
+        "contents": contents,
+        **before,
+    }
     if module._diff:
         result["diff"] = diffs
     module.exit_json(**result)

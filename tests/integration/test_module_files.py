@@ -11,12 +11,19 @@ from support.playbooks import run_playbook
 
 
 def put(
-    tmp_path: Path, files: list[dict], *options: str, read: tuple[str, ...] = (), prune: list[dict] | None = None
+    tmp_path: Path,
+    files: list[dict],
+    *options: str,
+    read: tuple[str, ...] = (),
+    prune: list[dict] | None = None,
+    listing: list[dict] | None = None,
 ) -> dict:
-    """The module's result for FILES (the paths to READ, the directories to PRUNE), saved by the play and read back."""
+    """The module's result for FILES (the paths to READ, the directories to PRUNE and to list), saved by the play
+    and read back."""
     result = tmp_path / "result.json"
+    arguments = {"files": files, "read": list(read), "prune": prune or [], "list": listing or []}
     tasks = [
-        {"bkfleet.backup.files": {"files": files, "read": list(read), "prune": prune or []}, "register": "put"},
+        {"bkfleet.backup.files": arguments, "register": "put"},
         {
             "ansible.builtin.copy": {"content": "{{ put | to_json }}", "dest": str(result), "mode": "0600"},
             "check_mode": False,
@@ -147,3 +154,19 @@ def test_prune_leaves_a_missing_directory_alone(tmp_path: Path) -> None:
     root = tmp_path / "root"
     result = put(tmp_path, wanted(root), prune=[{"path": str(tmp_path / "absent"), "patterns": ["*"]}])
     assert result["changed_paths"] == [entry["path"] for entry in wanted(root)]
+
+
+def test_list_returns_the_matching_files_as_they_were_before_the_run(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(tmp_path, wanted(root))
+    directory = root / "etc" / "bk"
+    (directory / "old.json").write_text("{}\n")
+    (directory / "kept.json.d").mkdir()
+    new = {"path": str(directory / "new.json"), "content": "{}\n"}
+    listing = [{"path": str(directory), "patterns": ["*.json"]}, {"path": str(tmp_path / "absent"), "patterns": ["*"]}]
+
+    result = put(tmp_path, [*wanted(root), new], listing=listing)
+    assert result["listed"] == [str(directory / "bk.json"), str(directory / "old.json")]
+    assert result["changed_paths"] == [new["path"]]
+    assert (directory / "old.json").exists()
+    assert result["units"] == {}

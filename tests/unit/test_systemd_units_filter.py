@@ -1,13 +1,14 @@
-"""The systemctl_show filter on what `systemctl show --property=Id,UnitFileState,ActiveState` printed on a
-converged lab hub (systemd prints the properties in its own order), and a unit it does not have; and
-systemd_units_to_change on the same output."""
+"""The files module's reading of `systemctl show --property=Id,UnitFileState,ActiveState`, on what it printed on a
+converged lab hub (systemd prints the properties in its own order) with a unit it does not have, and the
+systemd_units_to_change filter on what the module returns."""
 
 from __future__ import annotations
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.bkfleet.backup.plugins.filter.systemd import systemctl_show, systemd_units_to_change
+from ansible_collections.bkfleet.backup.plugins.filter.systemd import systemd_units_to_change
+from ansible_collections.bkfleet.backup.plugins.modules.files import systemctl_show
 
 OUTPUT = """Id=bk-flush.timer
 ActiveState=active
@@ -26,7 +27,7 @@ UnitFileState=masked
 def test_each_unit_is_found_by_its_id_with_its_fields() -> None:
     units = systemctl_show(OUTPUT)
     assert sorted(units) == ["bk-backup-gone.timer", "bk-flush.timer", "restic-rest-server.service"]
-    assert units["bk-flush.timer"] == {"Id": "bk-flush.timer", "ActiveState": "active", "UnitFileState": "enabled"}
+    assert units["bk-flush.timer"] == {"ActiveState": "active", "UnitFileState": "enabled"}
     assert units["bk-backup-gone.timer"]["UnitFileState"] == ""
     assert units["restic-rest-server.service"]["UnitFileState"] == "masked"
 
@@ -42,19 +43,25 @@ def test_units_as_wanted_are_left_alone_and_the_others_named() -> None:
         "bk-backup-gone.timer": "enabled",
         "bk-absent.service": "disabled",
     }
-    assert systemd_units_to_change(OUTPUT, wanted) == ["bk-backup-gone.timer", "bk-absent.service"]
+    assert systemd_units_to_change(systemctl_show(OUTPUT), wanted) == ["bk-backup-gone.timer", "bk-absent.service"]
 
 
 def test_a_running_unit_wanted_off_is_to_change() -> None:
-    assert systemd_units_to_change(OUTPUT, {"bk-flush.timer": "disabled"}) == ["bk-flush.timer"]
-    assert systemd_units_to_change(OUTPUT, {"restic-rest-server.service": "enabled"}) == ["restic-rest-server.service"]
+    units = systemctl_show(OUTPUT)
+    assert systemd_units_to_change(units, {"bk-flush.timer": "disabled"}) == ["bk-flush.timer"]
+    assert systemd_units_to_change(units, {"restic-rest-server.service": "enabled"}) == ["restic-rest-server.service"]
 
 
 def test_a_failed_unit_wanted_disabled_is_as_wanted() -> None:
-    failed = "Id=bk-hub-maintenance.service\nActiveState=failed\nUnitFileState=disabled\n"
+    failed = systemctl_show("Id=bk-hub-maintenance.service\nActiveState=failed\nUnitFileState=disabled\n")
     assert systemd_units_to_change(failed, {"bk-hub-maintenance.service": "disabled"}) == []
+
+
+def test_no_state_read_means_every_unit_is_to_change() -> None:
+    # A host where systemctl show failed: the module reports no unit.
+    assert systemd_units_to_change({}, {"bk-flush.timer": "enabled"}) == ["bk-flush.timer"]
 
 
 def test_an_unknown_wanted_state_is_refused() -> None:
     with pytest.raises(AnsibleFilterError, match="'started' is not enabled, disabled or masked"):
-        systemd_units_to_change(OUTPUT, {"bk-flush.timer": "started"})
+        systemd_units_to_change(systemctl_show(OUTPUT), {"bk-flush.timer": "started"})
